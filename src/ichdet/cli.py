@@ -100,6 +100,47 @@ def view(
     console.print(f"wrote {out}")
 
 
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="output folder (Kaggle layout)"),
+    studies: int = typer.Option(30, help="number of studies"),
+    seed: int = typer.Option(0, help="random seed (same seed, same files)"),
+    size: int = typer.Option(512, help="image rows and columns"),
+    test_fraction: float = typer.Option(0.2, help="fraction of patients in stage_2_test"),
+    masks: bool = typer.Option(False, "--masks", help="write masks/ID_<sop>.npz per lesion slice"),
+    workers: int = typer.Option(1, help="parallel processes"),
+) -> None:
+    """Write labelled synthetic head-CT studies in the RSNA Kaggle layout."""
+    import time
+
+    from .progress import progress_bar
+    from .synth import synthesize
+
+    start = time.perf_counter()
+    with progress_bar(None, "synth") as advance:
+        summary = synthesize(
+            out,
+            studies=studies,
+            seed=seed,
+            size=size,
+            test_fraction=test_fraction,
+            masks=masks,
+            workers=workers,
+            progress=advance,
+        )
+    seconds = time.perf_counter() - start
+    images = summary["images"]["train"] + summary["images"]["test"]
+    table = Table("label", "prevalence (all slices)")
+    for name, value in summary["prevalence"].items():
+        table.add_row(name, f"{value:.2%}")
+    console.print(table)
+    console.print(
+        f"wrote {images} slices ({summary['images']['train']} train, "
+        f"{summary['images']['test']} test) of {studies} studies to {out} "
+        f"in {seconds:.1f}s ({images / seconds:.0f} slices/s)"
+    )
+
+
 def main() -> None:
     app()
 

@@ -20,17 +20,19 @@ Bad input raises :class:`DicomError` (a ValueError) whose message names the sour
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import pydicom
+import pydicom.config
 from pydicom.errors import InvalidDicomError
 
 Source = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
@@ -119,6 +121,26 @@ class Slice:
     hu: np.ndarray
     stored: np.ndarray
     meta: SliceMeta
+
+
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom's per-file warnings (and log lines) about invalid values.
+
+    RSNA's ``ID_...`` identifiers are not valid UIDs; pydicom would warn and log three lines for
+    every file. The validation mode is process-global in pydicom, so it is set for the duration
+    and restored after.
+    """
+    settings = pydicom.config.settings
+    before = settings.reading_validation_mode, settings.writing_validation_mode
+    settings.reading_validation_mode = pydicom.config.IGNORE
+    settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = before
 
 
 def source_name(source: Source) -> str:
@@ -280,8 +302,7 @@ def _check_image(ds: pydicom.Dataset, name: str, require_ct: bool, header_only: 
 def read_meta(source: Source, *, require_ct: bool = True) -> SliceMeta:
     """Header-only read (no pixel decode) of one slice. Raises DicomError on bad input."""
     name = source_name(source)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # RSNA's ID_... UIDs are invalid; pydicom warns per file
+    with quiet_pydicom():
         ds = _dcmread(source, header_only=True)
         _check_image(ds, name, require_ct, header_only=True)
         fixes = (FIX_RSNA_12BIT,) if _rsna_12bit_bug(ds) else ()
@@ -334,8 +355,7 @@ def read_slice(source: Source, *, require_ct: bool = True) -> Slice:
     stored values, not HU). Raises DicomError naming the source and the reason on bad input.
     """
     name = source_name(source)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_pydicom():
         ds = _dcmread(source, header_only=False)
         _check_image(ds, name, require_ct, header_only=False)
         try:

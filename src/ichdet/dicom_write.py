@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from pydicom.uid import (
 )
 
 from .atomic import atomic_path
+from .dicom import quiet_pydicom
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -52,8 +52,7 @@ def ct_dataset(
     ``intercept`` may be a string such as ``"-1024.000000"`` (as some scanners write it).
     UIDs default to fresh valid UIDs; RSNA-style ``ID_...`` strings are accepted as given.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # RSNA-style ID_... UIDs are invalid UIDs, on purpose
+    with quiet_pydicom():  # RSNA-style ID_... UIDs are invalid UIDs, on purpose
         stored = np.asarray(stored)
         if pixel_representation is None:
             pixel_representation = 1 if stored.dtype.kind == "i" else 0
@@ -105,8 +104,7 @@ def ct_dataset(
 def save_dataset(ds: pydicom.Dataset, path: str | os.PathLike) -> Path:
     """Write ``ds`` atomically with its transfer syntax's encoding; returns the path."""
     syntax = ds.file_meta.TransferSyntaxUID
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with atomic_path(path) as tmp, quiet_pydicom():
         ds.save_as(
             tmp,
             enforce_file_format=True,
