@@ -141,6 +141,112 @@ def synth(
     )
 
 
+@app.command()
+def index(
+    data: Path = typer.Argument(
+        ..., help="Kaggle folder or .zip, a DICOM folder, or an image folder"
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="index parquet to write"),
+    folds: int = typer.Option(0, help="K patient-grouped folds (0: none)"),
+    labels: Path | None = typer.Option(
+        None, help="labels CSV (Kaggle long form, or wide with an 'image' column for image folders)"
+    ),
+    workers: int = typer.Option(1, help="parallel processes"),
+    seed: int = typer.Option(0, help="fold seed"),
+) -> None:
+    """One row per readable image: ids, z, split, source, labels, fold."""
+    from .index import build_index, index_paths, write_index
+    from .progress import progress_bar
+
+    try:
+        with progress_bar(None, "index") as advance:
+            df, errors, report = build_index(
+                data,
+                labels=labels,
+                folds=folds or None,
+                workers=workers,
+                seed=seed,
+                progress=advance,
+            )
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    write_index(df, errors, report, out)
+    _, errors_path, report_path = index_paths(out)
+    console.print(f"indexed {len(df)} images ({report['by_split']}) -> {out}")
+    if "labels_without_images" in report:
+        console.print(
+            f"images without labels: {report['images_without_labels']}, "
+            f"labels without images: {report['labels_without_images']}"
+        )
+    if len(errors):
+        err.print(f"[yellow]skipped {len(errors)} file(s)[/yellow]; reasons in {errors_path}")
+        for source, reason in errors.head(5).itertuples(index=False):
+            err.print(f"  {source}: {reason}")
+
+
+@app.command()
+def prepare(
+    index_file: Path = typer.Argument(..., metavar="INDEX", help="index parquet"),
+    out: Path = typer.Option(..., "--out", "-o", help="cache root folder"),
+    size: int = typer.Option(256, help="output rows and columns"),
+    windows: str = typer.Option("brain,subdural,bone", help="windows: preset names or C/W"),
+    window_kind: str = typer.Option("clip", help="clip | sigmoid | blackout_minmax"),
+    fmt: str = typer.Option("png", "--format", help="png (compact) | npy (fastest reads)"),
+    workers: int = typer.Option(1, help="parallel processes"),
+) -> None:
+    """Resized uint8 window stacks for every indexed image (resumable)."""
+    import time
+
+    from .cache import CacheSettings
+    from .index import read_index
+    from .prepare import cache_size_bytes
+    from .prepare import prepare as run_prepare
+    from .progress import progress_bar
+    from .windows import parse_windows
+
+    try:
+        settings = CacheSettings(
+            size=size, windows=parse_windows(windows), window_kind=window_kind, format=fmt
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    df = read_index(index_file)
+    start = time.perf_counter()
+    with progress_bar(None, "prepare") as advance:
+        directory, written, existing, errors = run_prepare(
+            df, out, settings, workers=workers, progress=advance
+        )
+    seconds = time.perf_counter() - start
+    rate = f" ({written / seconds:.0f} images/s)" if written else ""
+    console.print(
+        f"cache {directory}: wrote {written}, already there {existing}, "
+        f"failed {len(errors)} in {seconds:.1f}s{rate}; "
+        f"{cache_size_bytes(directory) / 2**20:.1f} MiB"
+    )
+    if len(errors):
+        err.print(
+            f"[yellow]skipped {len(errors)} image(s)[/yellow]; reasons in "
+            f"{directory / 'errors.csv'}"
+        )
+
+
+@app.command()
+def eda(
+    index_file: Path = typer.Argument(..., metavar="INDEX", help="index parquet"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for figures and summary.md"),
+) -> None:
+    """Label prevalence, co-occurrence, slices per study, positions, example slices."""
+    from .eda import run_eda
+    from .index import read_index
+
+    try:
+        files = run_eda(read_index(index_file), out)
+    except ValueError as exc:
+        _fail(str(exc))
+    for name, path in files.items():
+        console.print(f"{name}: {path}")
+
+
 def main() -> None:
     app()
 

@@ -291,6 +291,8 @@ def _check_image(ds: pydicom.Dataset, name: str, require_ct: bool, header_only: 
         raise DicomError(
             name, f"colour image ({photometric or '?'}, {samples} samples/pixel); CT is greyscale"
         )
+    if "Rows" not in ds or "Columns" not in ds:
+        raise DicomError(name, "truncated or incomplete header (no Rows/Columns)")
     frames = _int_or_none(ds, "NumberOfFrames") or 1
     if frames > 1:
         raise DicomError(name, f"multi-frame image ({frames} frames); one slice per file expected")
@@ -323,25 +325,25 @@ def stored_to_hu(
 
     Returns the HU array and the names of the fixes that were applied.
     """
-    values = stored.astype(np.int64, copy=True)
     fixes: list[str] = []
-    padding = np.zeros(values.shape, bool)
-    if padding_value is not None:
-        padding = values == int(padding_value)
+    padding = stored == int(padding_value) if padding_value is not None else None
+    values = stored
     if monochrome1:
         bits = bits_stored or 16
+        values = values.astype(np.int32)
         values = -1 - values if pixel_representation == 1 else (1 << bits) - 1 - values
         fixes.append(FIX_MONOCHROME1)
     if bits_stored == 12 and pixel_representation == 0 and intercept > -100:
-        values += 1000
+        values = values.astype(np.int32) + 1000
         values[values >= 4096] -= 4096
         intercept = -1000.0
         fixes.append(FIX_RSNA_12BIT)
-    hu = values.astype(np.float32)
+    hu = values.astype(np.float32)  # exact: stored values have at most 16 bits
     if slope != 1.0:
         hu *= np.float32(slope)
     hu += np.float32(intercept)
-    padding |= hu < PADDING_BELOW_HU
+    below = hu < PADDING_BELOW_HU
+    padding = below if padding is None else padding | below
     if padding.any():
         hu[padding] = AIR_HU
         fixes.append(FIX_PADDING)

@@ -1,0 +1,25 @@
+"""Helpers shared by the benchmark scripts: a synthetic dataset and a machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    return (f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, "
+            f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+
+
+def synthetic(root: Path, studies: int, size: int = 512, seed: int = 0) -> Path:
+    """A synthetic Kaggle-layout dataset under ``root`` (reused if already there)."""
+    from ichdet.synth import synthesize
+
+    out = root / f"synth_{studies}_{size}_{seed}"
+    if not (out / "synth.json").is_file():
+        synthesize(out, studies=studies, seed=seed, size=size, workers=os.cpu_count() or 1)
+    return out
