@@ -79,8 +79,12 @@ def encode(stack: np.ndarray, fmt: str) -> bytes:
     if fmt == "png":
         tiled = np.concatenate(list(stack), axis=1)  # H x C*W grayscale
         # fast zlib level with the RLE strategy: quicker and smaller than the defaults on CT
-        params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
-                  cv2.IMWRITE_PNG_STRATEGY_RLE]
+        params = [
+            cv2.IMWRITE_PNG_COMPRESSION,
+            1,
+            cv2.IMWRITE_PNG_STRATEGY,
+            cv2.IMWRITE_PNG_STRATEGY_RLE,
+        ]
         ok, buf = cv2.imencode(".png", tiled, params)
         if not ok:
             raise ValueError("PNG encoding failed")

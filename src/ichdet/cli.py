@@ -247,6 +247,121 @@ def eda(
         console.print(f"{name}: {path}")
 
 
+@app.command()
+def train(
+    index_file: Path = typer.Argument(..., metavar="INDEX", help="index parquet with folds"),
+    cache: Path = typer.Option(..., help="cache root (from `ichdet prepare`) or its folder"),
+    out: Path = typer.Option(..., "--out", "-o", help="run directory"),
+    fold: str = typer.Option("0", help="fold number, or 'all' for every fold (CV)"),
+    epochs: int = typer.Option(5),
+    model: str = typer.Option("tf_efficientnet_b0", help="any timm model name"),
+    size: int = typer.Option(256, help="input size (a cache of this size must exist)"),
+    windows: str = typer.Option("brain,subdural,bone", help="the cache's windows"),
+    context: int = typer.Option(0, help="neighbour slices on each side as extra channels"),
+    batch_size: int = typer.Option(32),
+    lr: float = typer.Option(1e-3),
+    weight_decay: float = typer.Option(1e-2),
+    warmup_epochs: float = typer.Option(0.5),
+    accumulate: int = typer.Option(1, help="gradient accumulation steps"),
+    amp: bool | None = typer.Option(
+        None, "--amp/--no-amp", help="mixed precision (default: on for CUDA)"
+    ),
+    ema: float = typer.Option(0.0, help="EMA decay, e.g. 0.999 (0: off)"),
+    augment: bool = typer.Option(True, "--augment/--no-augment"),
+    drop_path: float = typer.Option(0.0),
+    pretrained: bool = typer.Option(False, "--pretrained", help="timm hub weights"),
+    weights: Path | None = typer.Option(
+        None, help="local weights: timm state dict/checkpoint or ichdet checkpoint"
+    ),
+    workers: int = typer.Option(2, help="data loader processes"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto | cuda | cpu"),
+    target_sensitivity: float = typer.Option(0.95, help="for the operating thresholds"),
+    resume: bool = typer.Option(False, "--resume", help="continue from RUN/last.pt"),
+) -> None:
+    """Train EfficientNet (any timm model) on one fold or all folds; validate every epoch."""
+    from .train import TrainConfig, fit, fit_all
+
+    cfg = TrainConfig(
+        index=str(index_file),
+        cache=str(cache),
+        out=str(out),
+        fold=0 if fold == "all" else int(fold),
+        epochs=epochs,
+        model=model,
+        size=size,
+        windows=windows,
+        context=context,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        accumulate=accumulate,
+        amp=amp,
+        ema=ema,
+        augment=augment,
+        drop_path=drop_path,
+        pretrained=pretrained,
+        weights=str(weights) if weights else None,
+        workers=workers,
+        seed=seed,
+        device=device,
+        target_sensitivity=target_sensitivity,
+    )
+    try:
+        if fold == "all":
+            cv = fit_all(cfg, resume=resume, log=console.print)
+            if cv:
+                console.print(
+                    f"CV weighted log loss {cv['cv_weighted_log_loss']:.4f} "
+                    f"(prior baseline {cv['prior_log_loss']:.4f}) -> {out}"
+                )
+        else:
+            report = fit(cfg, resume=resume, log=console.print)
+            console.print(
+                f"fold {cfg.fold}: weighted log loss {report['weighted_log_loss']:.4f} "
+                f"(prior baseline {report['prior_log_loss']:.4f}), "
+                f"AUC(any) {report['auc']['any']:.3f} -> {out}"
+            )
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def evaluate(
+    predictions: Path = typer.Argument(..., help="predictions CSV (Kaggle form ID,Label)"),
+    labels: Path = typer.Argument(..., help="labels CSV (Kaggle form ID,Label)"),
+    threshold: float = typer.Option(0.5, help="threshold for sensitivity/specificity"),
+    target_sensitivity: float = typer.Option(0.95, help="for the per-label operating points"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    save_thresholds: Path | None = typer.Option(
+        None, help="write the operating thresholds (JSON) here, e.g. RUN/thresholds.json"
+    ),
+) -> None:
+    """Weighted log loss, per-label log loss and AUC, sensitivity/specificity, prior baseline."""
+    from .evaluate import evaluate_files, print_report
+
+    try:
+        report = evaluate_files(predictions, labels, threshold, target_sensitivity)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+    if save_thresholds:
+        from .runs import write_json
+
+        write_json(
+            save_thresholds,
+            {
+                "target_sensitivity": target_sensitivity,
+                "source": str(predictions),
+                "labels": report["operating_points"],
+            },
+        )
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        print_report(report, console)
+
+
 def main() -> None:
     app()
 

@@ -67,7 +67,7 @@ class SliceDataset(Dataset):
         self.paths = [
             entry_path(self.directory, i, self.settings.format) for i in frame["image_id"]
         ]
-        labels = frame.reindex(columns=list(LABELS)).to_numpy(dtype=np.float32)
+        labels = np.array(frame.reindex(columns=list(LABELS)), dtype=np.float32)
         self.labels = torch.from_numpy(labels)
 
     @property

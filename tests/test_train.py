@@ -1,0 +1,203 @@
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ichdet.cache import CacheSettings
+from ichdet.cli import app
+from ichdet.index import build_index, write_index
+from ichdet.labels import LABELS
+from ichdet.prepare import prepare
+from ichdet.runs import load_checkpoint
+from ichdet.synth import synthesize
+from ichdet.train import TrainConfig, fit, fit_all, resolve_cache
+
+runner = CliRunner()
+TINY = dict(model="test_efficientnet", size=32, batch_size=16, workers=0, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    synthesize(root / "data", studies=8, seed=2, size=48)
+    df, errors, report = build_index(root / "data", folds=2)
+    index = write_index(df, errors, report, root / "index.parquet")
+    prepare(df, root / "cache", CacheSettings(size=32))
+    return root, index
+
+
+def _cfg(prepared, out, **kw):
+    root, index = prepared
+    return TrainConfig(
+        index=str(index), cache=str(root / "cache"), out=str(out), **{**TINY, "epochs": 2, **kw}
+    )
+
+
+def test_fit_writes_a_complete_run(prepared, tmp_path):
+    report = fit(_cfg(prepared, tmp_path / "run", context=1), log=lambda s: None)
+    run = tmp_path / "run"
+    for name in (
+        "config.json",
+        "log.csv",
+        "last.pt",
+        "best.pt",
+        "metrics.json",
+        "valid_predictions.csv",
+        "thresholds.json",
+    ):
+        assert (run / name).is_file(), name
+    log = pd.read_csv(run / "log.csv")
+    assert log["epoch"].tolist() == [1, 2]
+    assert {"train_loss", "valid_loss", "auc_any", "lr", "images_per_s"} <= set(log.columns)
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_config"]["in_chans"] == 9 and "torch" in config["versions"]
+    index = pd.read_parquet(prepared[1])
+    valid = index[(index["split"] == "train") & (index["fold"] == 0)]
+    preds = pd.read_csv(run / "valid_predictions.csv")
+    assert len(preds) == 6 * len(valid)
+    assert set(preds["ID"]) == {f"{i}_{n}" for i in valid["image_id"] for n in LABELS}
+    assert preds["Label"].between(0, 1).all()
+    assert report["complete"] and report["weighted_log_loss"] > 0
+    assert set(json.loads((run / "thresholds.json").read_text())["labels"]) == set(LABELS)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_a_crash_matches_a_straight_run(prepared, tmp_path):
+    straight = _cfg(prepared, tmp_path / "straight", epochs=3, ema=0.9)
+    fit(straight, log=lambda s: None)
+
+    def crash(epoch, step):
+        if epoch == 1 and step == 10:  # in the middle of the second epoch
+            raise Interrupt
+
+    broken = _cfg(prepared, tmp_path / "broken", epochs=3, ema=0.9)
+    with pytest.raises(Interrupt):
+        fit(broken, on_step=crash, log=lambda s: None)
+    assert load_checkpoint(tmp_path / "broken" / "last.pt")["epochs_done"] == 1
+    fit(broken, resume=True, log=lambda s: None)
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "broken" / "last.pt")
+    assert a["epochs_done"] == b["epochs_done"] == 3
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+    assert pd.read_csv(tmp_path / "broken" / "log.csv")["epoch"].tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="cannot resume with different model"):
+        fit(_cfg(prepared, tmp_path / "broken", model="test_resnet"), resume=True)
+
+
+def test_fold_all_writes_oof_and_cv(prepared, tmp_path):
+    cv = fit_all(_cfg(prepared, tmp_path / "cv", epochs=1), log=lambda s: None)
+    index = pd.read_parquet(prepared[1])
+    train = index[index["split"] == "train"]
+    oof = pd.read_csv(tmp_path / "cv" / "oof_predictions.csv")
+    assert len(oof) == 6 * len(train) and oof["ID"].is_unique
+    assert set(cv["folds"]) == {0, 1} and cv["cv_weighted_log_loss"] > 0
+    assert (tmp_path / "cv" / "cv.json").is_file()
+    assert json.loads((tmp_path / "cv" / "thresholds.json").read_text())["source"] == "out-of-fold"
+
+
+def test_cache_resolution(prepared):
+    root, _ = prepared
+    assert resolve_cache(root / "cache", 32, "brain,subdural,bone").name.startswith("32px")
+    with pytest.raises(FileNotFoundError, match="no cache for size 64"):
+        resolve_cache(root / "cache", 64, "brain,subdural,bone")
+
+
+def test_cli_train_and_evaluate(prepared, tmp_path):
+    root, index = prepared
+    out = tmp_path / "cli"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(index),
+            "--cache",
+            str(root / "cache"),
+            "--out",
+            str(out),
+            "--model",
+            "test_efficientnet",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--workers",
+            "0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "weighted log loss" in result.stdout
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(out / "valid_predictions.csv"),
+            str(root / "data" / "stage_2_train.csv"),
+            "--json",
+            "--save-thresholds",
+            str(tmp_path / "thr.json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert report["weighted_log_loss"] == pytest.approx(metrics["weighted_log_loss"], rel=1e-4)
+    assert report["labelled_without_prediction"] > 0  # the other fold's images
+    assert json.loads((tmp_path / "thr.json").read_text())["labels"]["any"]["threshold"] >= 0
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(prepared, tmp_path):
+    root, index = prepared
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "ichdet",
+        "train",
+        str(index),
+        "--cache",
+        str(root / "cache"),
+        "--out",
+        str(out),
+        "--model",
+        "test_efficientnet",
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2
+    index_df = pd.read_parquet(index)
+    valid = index_df[(index_df["split"] == "train") & (index_df["fold"] == 0)]
+    preds = pd.read_csv(out / "valid_predictions.csv")
+    assert len(preds) == 6 * len(valid)  # validation gathered across both ranks, no duplicates
+    assert pd.read_csv(out / "log.csv")["epoch"].tolist() == [1]
