@@ -15,8 +15,12 @@ from .labels import LABELS
 from .metrics import evaluate_arrays, from_long
 
 
-def evaluate_files(predictions: str | os.PathLike, labels: str | os.PathLike,
-                   threshold: float = 0.5, target_sensitivity: float = 0.95) -> dict:
+def evaluate_files(
+    predictions: str | os.PathLike,
+    labels: str | os.PathLike,
+    threshold: float = 0.5,
+    target_sensitivity: float = 0.95,
+) -> dict:
     """Score the images that have both a prediction and labels (:func:`evaluate_arrays`).
 
     The report counts labelled images without a prediction and predictions without labels, so
@@ -27,29 +31,51 @@ def evaluate_files(predictions: str | os.PathLike, labels: str | os.PathLike,
     common = truth.index.intersection(probs.index)
     if common.empty:
         raise ValueError(f"{predictions} and {labels} share no image ids")
-    report = evaluate_arrays(truth.loc[common, list(LABELS)].to_numpy(dtype=np.float64),
-                             probs.loc[common].to_numpy(dtype=np.float64), threshold,
-                             target_sensitivity)
+    report = evaluate_arrays(
+        truth.loc[common, list(LABELS)].to_numpy(dtype=np.float64),
+        probs.loc[common].to_numpy(dtype=np.float64),
+        threshold,
+        target_sensitivity,
+    )
     report["labelled_without_prediction"] = int(len(truth.index.difference(common)))
     report["predictions_without_labels"] = int(len(probs.index.difference(common)))
     return report
 
 
 def print_report(report: dict, console: Console) -> None:
-    table = Table("label", "prevalence", "log loss", "AUC", f"sens@{report['threshold']:g}",
-                  f"spec@{report['threshold']:g}", "thr@target", "sens", "spec",
-                  title=f"{report['images']} images")
+    table = Table(
+        "label",
+        "prevalence",
+        "log loss",
+        "AUC",
+        f"sens@{report['threshold']:g}",
+        f"spec@{report['threshold']:g}",
+        "thr@target",
+        "sens",
+        "spec",
+        title=f"{report['images']} images",
+    )
     for name in LABELS:
         op = report["operating_points"][name]
-        table.add_row(name, f"{report['prevalence'][name]:.2%}",
-                      f"{report['log_loss'][name]:.4f}", f"{report['auc'][name]:.3f}",
-                      f"{report['sensitivity'][name]:.3f}", f"{report['specificity'][name]:.3f}",
-                      f"{op['threshold']:.3f}", f"{op['sensitivity']:.3f}",
-                      f"{op['specificity']:.3f}")
+        table.add_row(
+            name,
+            f"{report['prevalence'][name]:.2%}",
+            f"{report['log_loss'][name]:.4f}",
+            f"{report['auc'][name]:.3f}",
+            f"{report['sensitivity'][name]:.3f}",
+            f"{report['specificity'][name]:.3f}",
+            f"{op['threshold']:.3f}",
+            f"{op['sensitivity']:.3f}",
+            f"{op['specificity']:.3f}",
+        )
     console.print(table)
     if report.get("labelled_without_prediction"):
-        console.print(f"[yellow]{report['labelled_without_prediction']} labelled image(s) have "
-                      "no prediction and were left out[/yellow]")
+        console.print(
+            f"[yellow]{report['labelled_without_prediction']} labelled image(s) have "
+            "no prediction and were left out[/yellow]"
+        )
     ratio = report["weighted_log_loss"] / report["prior_log_loss"]
-    console.print(f"weighted log loss {report['weighted_log_loss']:.4f}  "
-                  f"prior-only baseline {report['prior_log_loss']:.4f}  (ratio {ratio:.2f})")
+    console.print(
+        f"weighted log loss {report['weighted_log_loss']:.4f}  "
+        f"prior-only baseline {report['prior_log_loss']:.4f}  (ratio {ratio:.2f})"
+    )

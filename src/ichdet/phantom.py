@@ -14,7 +14,8 @@ neighbouring slices consistently:
 - subdural: a wide thin crescent along the inner skull;
 - intraparenchymal: an irregular blob in the brain, with a faint hypodense edema rim;
 - intraventricular: blood layering in the dependent (posterior) part of a lateral ventricle;
-- subarachnoid: blood filling the sulci of a sector of the brain surface.
+- subarachnoid: blood filling the sulci and the surface of a sector of the brain, or the basal
+  cisterns and sylvian fissures (the classic star shape) on the lower slices.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Lesion:
     harmonics: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     side: int = 1  # which lateral ventricle (+1 right, -1 left)
     level: float = 0.0  # fill level inside the ventricle (fraction of its y extent)
+    cisternal: bool = False  # subarachnoid: basal cisterns and sylvian fissures, not sulci
 
 
 @dataclass
@@ -147,7 +149,7 @@ def draw_lesion(rng: np.random.Generator, subtype: str, plan: StudyPlan) -> Lesi
             z_radius=rng.uniform(15, 35),
             angle=rng.uniform(0, 2 * math.pi),
             angular_radius=rng.uniform(0.5, 1.1),
-            thickness=rng.uniform(2.5, 11),
+            thickness=rng.uniform(3.5, 13),
         )
     if subtype == "intraparenchymal":
         r, phi = rng.uniform(0.1, 0.5), rng.uniform(0, 2 * math.pi)
@@ -170,13 +172,15 @@ def draw_lesion(rng: np.random.Generator, subtype: str, plan: StudyPlan) -> Lesi
             level=rng.uniform(0.0, 0.8),
         )
     if subtype == "subarachnoid":
+        cisternal = bool(rng.random() < 0.5)
         return Lesion(
             subtype,
             hu,
-            z0=rng.uniform(-0.1, 0.55) * c,
+            z0=(rng.uniform(-0.4, -0.15) if cisternal else rng.uniform(-0.1, 0.55)) * c,
             z_radius=rng.uniform(15, 35),
             angle=rng.uniform(0, 2 * math.pi),
             angular_radius=rng.uniform(0.4, 1.2),
+            cisternal=cisternal,
         )
     raise ValueError(f"unknown subtype {subtype!r}")
 
@@ -230,14 +234,17 @@ def render_slice(plan: StudyPlan, k: int, grid: Grid) -> tuple[np.ndarray, dict[
         hu[brain] = plan.white_hu
         hu[brain & (cortex < 9.0)] = plan.grey_hu
         wave = np.sin(plan.sulci_count * grid.phi + plan.sulci_phase + 0.05 * z)
-        sulci = brain & (cortex < 8.0) & (np.abs(wave) < 0.10 + 0.02 * (cortex < 1.5))
-        sulci |= brain & (cortex < 1.2)  # thin CSF layer under the skull
+        # sulci ~1.5-2.5 mm wide, deepest near the surface; a thin CSF layer under the skull
+        sulci = brain & (cortex < 8.0) & (np.abs(wave) < 0.22 + 0.08 * (cortex < 2.0))
+        sulci |= brain & (cortex < 1.2)
         hu[sulci] = plan.csf_hu
         ventricles = [_ventricle(plan, grid, z, side) for side in (-1, 1)]
+        cisterns = _cisterns(plan, grid, z) & brain
+        hu[cisterns] = plan.csf_hu
         for v in ventricles:
             hu[v & brain] = plan.csf_hu
         for lesion in plan.lesions:
-            mask = _lesion_mask(lesion, plan, grid, z, brain, cortex, sulci, ventricles)
+            mask = _lesion_mask(lesion, plan, grid, z, brain, cortex, sulci, ventricles, cisterns)
             if mask is None or not mask.any():
                 continue
             if lesion.subtype == "intraparenchymal":
@@ -276,6 +283,25 @@ def _blob(lesion: Lesion, grid: Grid, z: float, scale: float = 1.0) -> np.ndarra
     return dx**2 + dy**2 < radius**2
 
 
+def _cisterns(plan: StudyPlan, grid: Grid, z: float) -> np.ndarray:
+    """Basal cisterns (a ring around the brainstem) and sylvian fissures, low in the head."""
+    if not -0.45 * plan.c < z < -0.12 * plan.c:
+        return np.zeros(grid.x.shape, bool)
+    cy = 0.05 * plan.b
+    ring = np.abs(np.hypot(grid.x, grid.y - cy) - 15.0) < 2.0
+    fissures = np.zeros(grid.x.shape, bool)
+    for side in (-1, 1):  # from the suprasellar cistern out to the sides, angled forward
+        x0, y0, x1, y1 = side * 12.0, cy - 14.0, side * 0.75 * plan.a, cy - 30.0
+        t = np.clip(
+            ((grid.x - x0) * (x1 - x0) + (grid.y - y0) * (y1 - y0))
+            / ((x1 - x0) ** 2 + (y1 - y0) ** 2),
+            0,
+            1,
+        )
+        fissures |= np.hypot(grid.x - (x0 + t * (x1 - x0)), grid.y - (y0 + t * (y1 - y0))) < 1.6
+    return ring | fissures
+
+
 def _lesion_mask(
     lesion: Lesion,
     plan: StudyPlan,
@@ -285,6 +311,7 @@ def _lesion_mask(
     cortex: np.ndarray,
     sulci: np.ndarray,
     ventricles: list[np.ndarray],
+    cisterns: np.ndarray,
 ) -> np.ndarray | None:
     dz = (z - lesion.z0) / lesion.z_radius
     if abs(dz) >= 1 and lesion.subtype != "intraventricular":
@@ -305,9 +332,12 @@ def _lesion_mask(
         ys = grid.y[v]
         cut = ys.max() - (1 - lesion.level) * (ys.max() - ys.min())  # dependent layering
         return v & (grid.y >= cut) & brain
+    if kind == "subarachnoid" and lesion.cisternal:
+        return cisterns & brain
     if kind == "subarachnoid":
         sector = _angle_distance(grid.phi, lesion.angle) < lesion.angular_radius * math.sqrt(
             max(0.0, 1 - dz**2)
         )
-        return sulci & sector & (cortex > 0.3)
+        # blood fills the sulci and the subarachnoid space over the convexity of a sector
+        return (sulci | (brain & (cortex < 2.5))) & sector & (cortex > 0.3)
     raise ValueError(f"unknown subtype {kind!r}")

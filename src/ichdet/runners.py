@@ -1,0 +1,149 @@
+"""Model runners for inference: torch checkpoints (one or an ensemble) and ONNX Runtime.
+
+A runner maps a uint8 batch (N x C x H x W numpy) to probabilities (N x 6 float32 numpy) and
+carries the preprocessing settings the model was trained with. The ONNX runner imports no
+torch, so predicting with an ``.onnx`` model starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .cache import CacheSettings
+from .labels import LABELS
+
+ONNX_META_KEY = "ichdet"
+
+
+@dataclass
+class InputSpec:
+    """What a model expects: the cache settings it trained on and its neighbour context."""
+
+    settings: CacheSettings
+    context: int
+
+    @property
+    def channels(self) -> int:
+        return self.settings.channels * (2 * self.context + 1)
+
+
+def default_thresholds() -> dict[str, float]:
+    return dict.fromkeys(LABELS, 0.5)
+
+
+def _thresholds_near(checkpoint: Path) -> dict[str, float] | None:
+    """thresholds.json beside a checkpoint, or in the run above a fold."""
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        path = folder / "thresholds.json"
+        if path.is_file():
+            data = json.loads(path.read_text())
+            return {k: float(v["threshold"]) for k, v in data["labels"].items()}
+    return None
+
+
+class TorchRunner:
+    """Average of the sigmoid outputs of one or more ichdet checkpoints (a fold ensemble)."""
+
+    def __init__(
+        self, checkpoints: list[Path], device: str = "auto", tta: bool = False, batch_size: int = 32
+    ):
+        import torch
+
+        from .models import ModelConfig, build_model
+        from .runs import inference_state, load_checkpoint
+
+        self.torch = torch
+        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.tta, self.batch_size = tta, batch_size
+        self.models, specs, found = [], [], []
+        for path in checkpoints:
+            ckpt = load_checkpoint(path)
+            model = build_model(ModelConfig(**ckpt["model_config"]))
+            model.load_state_dict(inference_state(ckpt))
+            self.models.append(model.to(self.device).eval())
+            specs.append(
+                InputSpec(
+                    CacheSettings.from_dict(ckpt["cache_settings"]), int(ckpt.get("context", 0))
+                )
+            )
+            found.append(_thresholds_near(Path(path)))
+        if any(s != specs[0] for s in specs):
+            raise ValueError("the models of an ensemble must share size, windows and context")
+        self.spec = specs[0]
+        self.thresholds = found[0] or default_thresholds()
+        self.names = [str(p) for p in checkpoints]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(batch), self.batch_size):
+                x = torch.from_numpy(batch[i : i + self.batch_size]).to(self.device)
+                x = x.float().div_(255)
+                views = [x, torch.flip(x, dims=[3])] if self.tta else [x]
+                probs = [torch.sigmoid(m(v)) for m in self.models for v in views]
+                out.append(torch.stack(probs).mean(0).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(LABELS)), np.float32)
+
+
+class OnnxRunner:
+    """An exported ichdet model (probabilities out) under ONNX Runtime, without torch."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        tta: bool = False,
+        batch_size: int = 32,
+        threads: int | None = None,
+    ):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "ONNX inference needs the 'onnx' extra: pip install 'ichdet[onnx]'"
+            ) from exc
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            os.fspath(path), options, providers=["CPUExecutionProvider"]
+        )
+        meta = json.loads(self.session.get_modelmeta().custom_metadata_map[ONNX_META_KEY])
+        self.spec = InputSpec(CacheSettings.from_dict(meta["cache_settings"]), int(meta["context"]))
+        self.thresholds = meta.get("thresholds") or default_thresholds()
+        self.input_name = self.session.get_inputs()[0].name
+        self.tta, self.batch_size = tta, batch_size
+        self.names = [os.fspath(path)]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(batch), self.batch_size):
+            x = batch[i : i + self.batch_size].astype(np.float32) / np.float32(255)
+            views = [x, np.ascontiguousarray(x[..., ::-1])] if self.tta else [x]
+            probs = [self.session.run(None, {self.input_name: v})[0] for v in views]
+            out.append(np.mean(probs, axis=0).astype(np.float32))
+        return np.concatenate(out) if out else np.zeros((0, len(LABELS)), np.float32)
+
+
+def load_runner(
+    models: list[str | os.PathLike], device: str = "auto", tta: bool = False, batch_size: int = 32
+):
+    """``.onnx`` -> OnnxRunner; run dirs / checkpoints -> TorchRunner (ensembled)."""
+    paths = [Path(m) for m in models]
+    onnx = [p for p in paths if p.suffix == ".onnx"]
+    if onnx:
+        if len(paths) > 1:
+            raise ValueError("give one .onnx model (export an ensemble as one file)")
+        if not onnx[0].is_file():
+            raise FileNotFoundError(f"{onnx[0]}: no such ONNX model")
+        return OnnxRunner(onnx[0], tta=tta, batch_size=batch_size)
+    from .runs import find_checkpoints
+
+    return TorchRunner(find_checkpoints(paths), device=device, tta=tta, batch_size=batch_size)

@@ -1,0 +1,177 @@
+import math
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ichdet.cache import CacheSettings
+from ichdet.cli import app
+from ichdet.dicom_write import ct_dataset, save_dataset
+from ichdet.index import build_index, write_index
+from ichdet.labels import LABELS
+from ichdet.predict import predict
+from ichdet.prepare import prepare
+from ichdet.runners import TorchRunner, load_runner
+from ichdet.synth import synthesize
+from ichdet.train import TrainConfig, fit
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    synthesize(root / "data", studies=6, seed=4, size=48, masks=True)
+    df, errors, report = build_index(root / "data", folds=2)
+    index = write_index(df, errors, report, root / "index.parquet")
+    prepare(df, root / "cache", CacheSettings(size=32))
+    runs = []
+    for seed in (0, 1):
+        cfg = TrainConfig(
+            index=str(index),
+            cache=str(root / "cache"),
+            out=str(root / f"r{seed}"),
+            model="test_efficientnet",
+            size=32,
+            epochs=1,
+            batch_size=16,
+            workers=0,
+            context=1,
+            seed=seed,
+        )
+        fit(cfg, log=lambda s: None)
+        runs.append(root / f"r{seed}")
+    return root, runs
+
+
+def test_kaggle_submission_has_exactly_the_sample_ids(trained, tmp_path):
+    root, runs = trained
+    result = predict(load_runner([runs[0]]), root / "data", tmp_path / "out", workers=2)
+    sample = pd.read_csv(root / "data" / "stage_2_sample_submission.csv")
+    submission = pd.read_csv(tmp_path / "out" / "submission.csv")
+    assert submission["ID"].tolist() == sample["ID"].tolist()
+    assert submission["Label"].between(0, 1).all() and not submission["Label"].isna().any()
+    test_images = {p.stem for p in (root / "data" / "stage_2_test").glob("*.dcm")}
+    assert set(result.slices["image_id"]) == test_images  # the test split only
+    slices = pd.read_csv(tmp_path / "out" / "slices.csv")
+    assert list(slices.columns) == ["image_id", "study_id", "series_id", "z", *LABELS]
+    for _, group in slices.groupby(["study_id", "series_id"], sort=False):
+        assert (np.diff(group["z"].to_numpy()) > 0).all()
+    # rows grouped: each series is one contiguous block
+    blocks = (slices["series_id"] != slices["series_id"].shift()).sum()
+    assert blocks == slices["series_id"].nunique()
+    studies = pd.read_csv(tmp_path / "out" / "studies.csv")
+    assert len(studies) == slices["study_id"].nunique()
+    top = slices.loc[slices.groupby("study_id")["any"].idxmax()].set_index("study_id")
+    for _, row in studies.iterrows():
+        assert row["any"] == pytest.approx(top.loc[row["study_id"], "any"])
+        assert row["any_slice"] == top.loc[row["study_id"], "image_id"]
+        assert row["any_flag"] == (row["any"] >= load_runner([runs[0]]).thresholds["any"])
+
+
+def test_tilted_series_in_slice_order_whatever_the_file_names(trained, tmp_path):
+    root, runs = trained
+    folder = tmp_path / "tilted" / "nested" / "deeper"
+    folder.mkdir(parents=True)
+    tilt = math.radians(20)
+    orientation = (1.0, 0.0, 0.0, 0.0, math.cos(tilt), -math.sin(tilt))
+    normal = np.cross(orientation[:3], orientation[3:])
+    rng = np.random.default_rng(0)
+    for k, i in enumerate(rng.permutation(10)):
+        ds = ct_dataset(
+            np.full((40, 40), 1064, np.int16),
+            sop_instance_uid=f"1.2.3.{i}",
+            study_instance_uid="1.2.9",
+            series_instance_uid="1.2.9.1",
+            position=np.array([0, 0, 10.0]) + 4.0 * i * normal,
+            orientation=orientation,
+            instance_number=int(10 - i),
+        )
+        save_dataset(ds, folder / f"IMG{k:04d}")  # no suffix, names unrelated to order
+    result = predict(load_runner([runs[0]]), tmp_path / "tilted", tmp_path / "out")
+    assert result.slices["image_id"].tolist() == [f"1.2.3.{i}" for i in range(10)]
+    assert result.submission is None
+
+
+def test_mixed_folder_skips_junk_rgb_and_truncated(trained, tmp_path):
+    root, runs = trained
+    folder = tmp_path / "mixed"
+    shutil.copytree(root / "data" / "stage_2_test", folder)
+    good = sorted(folder.glob("*.dcm"))
+    good[0].write_bytes(good[0].read_bytes()[:-3000])  # truncated inside the pixel data
+    (folder / "junk.bin").write_bytes(b"garbage" * 100)
+    rgb = ct_dataset(np.zeros((8, 8), np.int16))
+    rgb.SamplesPerPixel, rgb.PhotometricInterpretation = 3, "RGB"
+    save_dataset(rgb, folder / "rgb.dcm")
+    result = runner.invoke(
+        app, ["predict", str(runs[0]), str(folder), "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 0, result.output
+    errors = pd.read_csv(tmp_path / "out" / "errors.csv")
+    names = {s.split("/")[-1]: r for s, r in zip(errors["source"], errors["reason"], strict=True)}
+    assert set(names) == {good[0].name, "junk.bin", "rgb.dcm"}
+    assert "truncated" in names[good[0].name] and "colour" in names["rgb.dcm"]
+    slices = pd.read_csv(tmp_path / "out" / "slices.csv")
+    assert len(slices) == len(good) - 1 and "skipped 3 file(s)" in result.stderr
+
+
+def test_ensembles_average_and_tta(trained, tmp_path):
+    root, runs = trained
+    index = root / "index.parquet"
+    each = [predict(load_runner([r]), index, tmp_path / f"o{i}").slices for i, r in enumerate(runs)]
+    both = predict(load_runner(runs), index, tmp_path / "both").slices
+    np.testing.assert_allclose(
+        both[list(LABELS)].to_numpy(),
+        (each[0][list(LABELS)].to_numpy() + each[1][list(LABELS)].to_numpy()) / 2,
+        atol=1e-6,
+    )
+    plain = load_runner([runs[0]])
+    tta = load_runner([runs[0]], tta=True)
+    x = np.random.default_rng(0).integers(0, 255, (4, plain.spec.channels, 32, 32), np.uint8)
+    expected = (plain(x) + plain(np.ascontiguousarray(x[..., ::-1]))) / 2
+    np.testing.assert_allclose(tta(x), expected, atol=1e-6)
+    assert isinstance(plain, TorchRunner) and plain.spec.context == 1
+
+
+def test_onnx_export_parity_and_no_torch_import(trained, tmp_path):
+    root, runs = trained
+    out = tmp_path / "model.onnx"
+    result = runner.invoke(app, ["export", str(runs[0]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    index = root / "index.parquet"
+    torch_slices = predict(load_runner([runs[0]]), index, tmp_path / "t").slices
+    onnx_slices = predict(load_runner([out]), index, tmp_path / "o").slices
+    assert (torch_slices["image_id"] == onnx_slices["image_id"]).all()
+    diff = np.abs(torch_slices[list(LABELS)].to_numpy() - onnx_slices[list(LABELS)].to_numpy())
+    assert diff.max() < 1e-3
+    code = (
+        "import sys; from ichdet.runners import load_runner; "
+        f"r = load_runner([{str(out)!r}]); import numpy as np; "
+        "r(np.zeros((2, r.spec.channels, 32, 32), np.uint8)); "
+        "print('torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
+
+
+def test_report_is_self_contained_with_a_section_per_label(trained, tmp_path):
+    root, runs = trained
+    result = runner.invoke(
+        app,
+        ["predict", str(runs[0]), str(root / "data"), "--out", str(tmp_path / "out"), "--report"],
+    )
+    assert result.exit_code == 0, result.output
+    studies = pd.read_csv(tmp_path / "out" / "studies.csv")
+    reports = sorted((tmp_path / "out" / "report").glob("*.html"))
+    assert len(reports) == len(studies)
+    page = reports[0].read_text()
+    for name in LABELS:
+        assert f"id='label-{name}'" in page
+    assert page.count("data:image/png;base64,") >= 1 + 6 * 4  # curves, windows, heat maps
+    assert "Grad-CAM" in page
+    assert not re.search(r"(src|href)=['\"](https?:|//)", page)  # nothing outside the file
