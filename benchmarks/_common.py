@@ -11,8 +11,10 @@ def machine() -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    return (f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, "
-            f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
 
 
 def synthetic(root: Path, studies: int, size: int = 512, seed: int = 0) -> Path:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import machine, synthetic
+
 from ichdet.cache import CacheSettings
 from ichdet.data import SliceDataset
 from ichdet.index import build_index
@@ -40,8 +40,9 @@ def main() -> None:
         print(f"{'format':<8}{'context':>8}{'channels':>9}{'samples/s':>11}{'KiB/image':>11}")
         rates = {}
         for fmt in ("png", "npy"):
-            directory, _, _, _ = prepare(index, root / "cache",
-                                         CacheSettings(size=args.size, format=fmt), workers=2)
+            directory, _, _, _ = prepare(
+                index, root / "cache", CacheSettings(size=args.size, format=fmt), workers=2
+            )
             kib = cache_size_bytes(directory) / len(index) / 1024
             for context in (0, 1):
                 ds = SliceDataset(index, directory, context=context)
@@ -51,8 +52,10 @@ def main() -> None:
                 rate = len(ds) / (time.perf_counter() - start)
                 rates[(fmt, context)] = rate
                 print(f"{fmt:<8}{context:>8}{ds.channels:>9}{rate:>11.0f}{kib:>11.1f}")
-        print(f"ratio npy/png {rates[('npy', 0)] / rates[('png', 0)]:.1f} (context 0), "
-              f"{rates[('npy', 1)] / rates[('png', 1)]:.1f} (context 1)")
+        print(
+            f"ratio npy/png {rates[('npy', 0)] / rates[('png', 0)]:.1f} (context 0), "
+            f"{rates[('npy', 1)] / rates[('png', 1)]:.1f} (context 1)"
+        )
 
 
 if __name__ == "__main__":

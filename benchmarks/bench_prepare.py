@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from _common import machine, synthetic
 from PIL import Image
 
-from _common import machine, synthetic
 from ichdet.cache import CacheSettings
 from ichdet.index import build_index
 from ichdet.prepare import cache_size_bytes, prepare
@@ -30,8 +30,10 @@ def seed_style(sources: list[str], out: Path, size: int) -> None:
     for src in sources:
         ds = pydicom.dcmread(src)
         hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-        channels = [apply_window_blackout_minmax(hu, w.center, w.width)
-                    for w in (PRESETS["brain"], PRESETS["subdural"], PRESETS["bone"])]
+        channels = [
+            apply_window_blackout_minmax(hu, w.center, w.width)
+            for w in (PRESETS["brain"], PRESETS["subdural"], PRESETS["bone"])
+        ]
         rgb = (np.stack(channels, axis=-1) * 255).astype(np.uint8)
         Image.fromarray(rgb).resize((size, size)).save(out / (Path(src).stem + ".png"))
 
@@ -48,14 +50,17 @@ def main() -> None:
         index, _, _ = build_index(data, workers=1)
         sources = index["source"].tolist()
         print(f"machine: {machine()}")
-        print(f"data: {data.name if args.data is None else data}, {len(sources)} slices, "
-              f"512 px -> {args.size} px, one process each")
+        print(
+            f"data: {data.name if args.data is None else data}, {len(sources)} slices, "
+            f"512 px -> {args.size} px, one process each"
+        )
         start = time.perf_counter()
         seed_style(sources, root / "seed", args.size)
         seed_s = time.perf_counter() - start
         start = time.perf_counter()
-        directory, written, _, errors = prepare(index, root / "cache",
-                                                CacheSettings(size=args.size), workers=1)
+        directory, written, _, errors = prepare(
+            index, root / "cache", CacheSettings(size=args.size), workers=1
+        )
         ours_s = time.perf_counter() - start
         assert written == len(sources) and errors.empty
         seed_mb = cache_size_bytes(root / "seed") / 2**20
