@@ -1,8 +1,9 @@
-"""Do the Grad-CAM heat maps point at the lesions? Hit rate on synthetic masks.
+"""Do the heat maps point at the lesions? Hit rate on synthetic masks, side by side.
 
 For every positive slice of the test split (synthetic truth) and every subtype present on it,
-the Grad-CAM map of that label is computed and its peak mapped back to the slice; a hit is a
-peak inside that subtype's mask. For scale, the chance rate: the mask's share of the head.
+the heat map of that label is computed and its peak mapped back to the slice; a hit is a peak
+inside that subtype's mask. Compared: ichdet's heat maps (LayerCAM on the last stride-8
+convolution), plain Grad-CAM on the last convolution, and chance (the mask's share of the head).
 
     python benchmarks/bench_heatmaps.py RUN DATA     # e.g. demo-run/run demo-run/data
 """
@@ -14,12 +15,40 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ichdet.index import build_index, read_long_labels
 from ichdet.labels import LABELS, SUBTYPES
 from ichdet.predict import _series_inputs
 from ichdet.report import HeatMapper, heatmap_peak
 from ichdet.runners import load_runner
+
+
+def positive_cases(
+    runner, data: Path, limit: int
+) -> list[tuple[np.ndarray, str, np.ndarray, float]]:
+    """(model input, subtype, mask, chance) for the positive test slices."""
+    truth, _ = read_long_labels((data / "stage_2_test_labels.csv").read_text())
+    index, _, _ = build_index(data / "stage_2_test")
+    index = index.assign(kind="dicom")
+    positive = set(truth.index[truth["any"] == 1][:limit])
+    cases = []
+    for _, series in index.groupby("series_id", sort=False):
+        if not positive & set(series["image_id"]):
+            continue
+        rows = list(series[["image_id", "source", "kind"]].itertuples(index=False, name=None))
+        ids, volume, _ = _series_inputs(rows, runner.spec.settings, runner.spec.context)
+        for i, image_id in enumerate(ids):
+            if image_id not in positive:
+                continue
+            head_share = float((volume[i, 0] > 0).mean())  # brain window > 0: inside the head
+            with np.load(data / "masks" / f"{image_id}.npz") as masks:
+                for name in masks.files:
+                    chance = masks[name].mean() / max(head_share, 1e-6)
+                    cases.append((volume[i], name, masks[name], chance))
+    return cases
 
 
 def main() -> None:
@@ -29,51 +58,38 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=400, help="positive slices at most")
     args = parser.parse_args()
     runner = load_runner([args.run])
-    mapper = HeatMapper(runner.models[0])
-    truth, _ = read_long_labels((args.data / "stage_2_test_labels.csv").read_text())
-    index, _, _ = build_index(args.data / "stage_2_test")
-    index = index.assign(kind="dicom")
-    positive = set(truth.index[truth["any"] == 1][: args.limit])
-    hits: dict[str, list[bool]] = {name: [] for name in SUBTYPES}
-    chance: dict[str, list[float]] = {name: [] for name in SUBTYPES}
-    for _, series in index.groupby("series_id", sort=False):
-        if not positive & set(series["image_id"]):
+    model = runner.models[0]
+    ours = HeatMapper(model, runner.spec.channels, runner.spec.settings.size)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    plain = GradCAM(model=model, target_layers=[last])
+
+    def gradcam(x: np.ndarray, label: int) -> np.ndarray:
+        tensor = torch.from_numpy(x[None]).float().div_(255)
+        return plain(input_tensor=tensor, targets=[ClassifierOutputTarget(label)])[0]
+
+    cases = positive_cases(runner, args.data, args.limit)
+    rows = []
+    for name in [*SUBTYPES, "all"]:
+        chosen = [c for c in cases if name in ("all", c[1])]
+        if not chosen:
             continue
-        rows = list(series[["image_id", "source", "kind"]].itertuples(index=False, name=None))
-        ids, volume, _ = _series_inputs(rows, runner.spec.settings, runner.spec.context)
-        head = volume[:, 0] > 0  # brain-window channel: zero outside the head's soft tissue
-        for i, image_id in enumerate(ids):
-            if image_id not in positive:
-                continue
-            with np.load(args.data / "masks" / f"{image_id}.npz") as masks:
-                for name in masks.files:
-                    mask = masks[name]
-                    cam = mapper(volume[i], LABELS.index(name))
-                    r, c = heatmap_peak(cam, mask.shape)
-                    hits[name].append(bool(mask[r, c]))
-                    area = head[i].mean() * mask.size
-                    chance[name].append(float(mask.sum() / max(area, 1)))
-    rows = [
-        {
-            "label": n,
-            "slices": len(hits[n]),
-            "hit_rate": np.mean(hits[n]) if hits[n] else np.nan,
-            "chance": np.mean(chance[n]) if chance[n] else np.nan,
-        }
-        for n in SUBTYPES
-    ]
-    everything = sum(hits.values(), [])
-    rows.append(
-        {
-            "label": "all",
-            "slices": len(everything),
-            "hit_rate": np.mean(everything),
-            "chance": np.mean(sum(chance.values(), [])),
-        }
+        row = {"label": name, "cases": len(chosen)}
+        for method, fn in (("layercam_s8", ours), ("gradcam_last", gradcam)):
+            hits = [
+                bool(mask[heatmap_peak(fn(x, LABELS.index(sub)), mask.shape)])
+                for x, sub, mask, _ in chosen
+            ]
+            row[method] = float(np.mean(hits))
+        row["chance"] = float(np.mean([c[3] for c in chosen]))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    print(f"model: {runner.names[0]}, input {runner.spec.settings.size} px")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    total = table.iloc[-1]
+    print(
+        f"ratio {total['layercam_s8'] / total['chance']:.1f} (LayerCAM hit rate / chance); "
+        f"LayerCAM {total['layercam_s8']:.3f} vs Grad-CAM {total['gradcam_last']:.3f}"
     )
-    print(f"model: {runner.names[0]}")
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"ratio {rows[-1]['hit_rate'] / rows[-1]['chance']:.1f} (hit rate / chance)")
 
 
 if __name__ == "__main__":

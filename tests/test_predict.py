@@ -173,5 +173,5 @@ def test_report_is_self_contained_with_a_section_per_label(trained, tmp_path):
     for name in LABELS:
         assert f"id='label-{name}'" in page
     assert page.count("data:image/png;base64,") >= 1 + 6 * 4  # curves, windows, heat maps
-    assert "Grad-CAM" in page
+    assert "heat map (any)" in page
     assert not re.search(r"(src|href)=['\"](https?:|//)", page)  # nothing outside the file

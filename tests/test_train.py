@@ -38,6 +38,28 @@ def _cfg(prepared, out, **kw):
     )
 
 
+def _train_args(prepared, out, batch_size):
+    root, index = prepared
+    return [
+        "train",
+        str(index),
+        "--cache",
+        str(root / "cache"),
+        "--out",
+        str(out),
+        "--model",
+        "test_efficientnet",
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        str(batch_size),
+        "--workers",
+        "0",
+    ]
+
+
 def test_fit_writes_a_complete_run(prepared, tmp_path):
     report = fit(_cfg(prepared, tmp_path / "run", context=1), log=lambda s: None)
     run = tmp_path / "run"
@@ -116,27 +138,7 @@ def test_cache_resolution(prepared):
 def test_cli_train_and_evaluate(prepared, tmp_path):
     root, index = prepared
     out = tmp_path / "cli"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(index),
-            "--cache",
-            str(root / "cache"),
-            "--out",
-            str(out),
-            "--model",
-            "test_efficientnet",
-            "--size",
-            "32",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--workers",
-            "0",
-        ],
-    )
+    result = runner.invoke(app, _train_args(prepared, out, batch_size=16))
     assert result.exit_code == 0, result.output
     assert "weighted log loss" in result.stdout
     result = runner.invoke(
@@ -167,28 +169,12 @@ def test_torchrun_two_cpu_processes(prepared, tmp_path):
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # a free port on localhost
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29533",
         "-m",
         "ichdet",
-        "train",
-        str(index),
-        "--cache",
-        str(root / "cache"),
-        "--out",
-        str(out),
-        "--model",
-        "test_efficientnet",
-        "--size",
-        "32",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
+        *_train_args(prepared, out, batch_size=8),
         "--device",
         "cpu",
     ]

@@ -167,6 +167,7 @@ def index(
                 workers=workers,
                 seed=seed,
                 progress=advance,
+                total=lambda n: advance(0, total=n),
             )
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
@@ -214,7 +215,12 @@ def prepare(
     start = time.perf_counter()
     with progress_bar(None, "prepare") as advance:
         directory, written, existing, errors = run_prepare(
-            df, out, settings, workers=workers, progress=advance
+            df,
+            out,
+            settings,
+            workers=workers,
+            progress=advance,
+            total=lambda n: advance(0, total=n),
         )
     seconds = time.perf_counter() - start
     rate = f" ({written / seconds:.0f} images/s)" if written else ""
@@ -365,8 +371,8 @@ def evaluate(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-run"), "--out", "-o", help="working folder"),
-    studies: int = typer.Option(120, help="synthetic studies"),
-    epochs: int = typer.Option(6),
+    studies: int = typer.Option(200, help="synthetic studies"),
+    epochs: int = typer.Option(4),
     workers: int = typer.Option(2, help="parallel processes for synth/index/prepare"),
 ) -> None:
     """synth -> index -> prepare -> train one fold on the CPU -> evaluate, with a result table."""

@@ -31,11 +31,11 @@ from .train import TrainConfig, fit
 
 @dataclass(frozen=True)
 class DemoConfig:
-    studies: int = 120
+    studies: int = 200
     synth_size: int = 160
     size: int = 128
     model: str = "tinynet_e"
-    epochs: int = 6
+    epochs: int = 4
     batch_size: int = 16
     lr: float = 3e-3
     context: int = 0

@@ -8,11 +8,9 @@ returned (and written beside the index) with the reason.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from .atomic import atomic_path, write_text
 from .dicom import DicomError, read_meta
 from .folds import assign_folds
 from .labels import LABELS, parse_kaggle_id
+from .parallel import map_chunks
 from .sources import (
     IMAGE_SUFFIXES,
     ZIP_SEP,
@@ -131,26 +130,11 @@ def _scan_chunk(sources: list[str]) -> list[dict | tuple[str, str]]:
     return [_scan_one(s) for s in sources]
 
 
-def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def scan(
     sources: list[str], workers: int = 1, progress: Callable[[int], None] | None = None
 ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Header-read every source; returns (records, errors as (source, reason))."""
-    results: list[dict | tuple[str, str]] = []
-    chunk = max(1, min(256, math.ceil(len(sources) / max(1, workers * 8))))
-    if workers > 1 and len(sources) > chunk:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for part in pool.map(_scan_chunk, _chunks(sources, chunk)):
-                results += part
-                progress and progress(len(part))
-    else:
-        for part in _chunks(sources, chunk):
-            results += _scan_chunk(part)
-            progress and progress(len(part))
+    results = map_chunks(_scan_chunk, sources, workers, progress=progress)
     records = [r for r in results if isinstance(r, dict)]
     errors = [r for r in results if isinstance(r, tuple) and r[1]]
     return records, errors

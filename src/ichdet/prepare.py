@@ -7,10 +7,9 @@ image, as a coarser scan would give), apply the windows, write. Parallel process
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -20,6 +19,7 @@ import pandas as pd
 from .atomic import atomic_path
 from .cache import CacheSettings, cache_dir, entry_path, write_entry, write_settings
 from .dicom import DicomError, read_slice
+from .parallel import map_chunks
 from .sources import read_source
 from .windows import resize_image, resize_stack, to_uint8, window_stack
 
@@ -75,11 +75,6 @@ def pending(index: pd.DataFrame, directory: Path, fmt: str) -> pd.DataFrame:
     return index[~np.asarray(exists, dtype=bool)]
 
 
-def _chunks(rows: list, size: int) -> Iterable[list]:
-    for i in range(0, len(rows), size):
-        yield rows[i : i + size]
-
-
 def prepare(
     index: pd.DataFrame,
     root: str | os.PathLike,
@@ -95,21 +90,8 @@ def prepare(
     todo = pending(index, directory, settings.format)
     total and total(len(todo))
     rows = list(todo[["image_id", "source", "kind"]].itertuples(index=False, name=None))
-    failed: list[tuple[str, str, str]] = []
-    chunk = max(1, min(64, math.ceil(len(rows) / max(1, workers * 8))))
-    if workers > 1 and len(rows) > chunk:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [
-                pool.submit(_prepare_chunk, part, os.fspath(directory), settings)
-                for part in _chunks(rows, chunk)
-            ]
-            for fut, part in zip(futures, _chunks(rows, chunk), strict=True):
-                failed += fut.result()
-                progress and progress(len(part))
-    else:
-        for part in _chunks(rows, chunk):
-            failed += _prepare_chunk(part, os.fspath(directory), settings)
-            progress and progress(len(part))
+    work = partial(_prepare_chunk, directory=os.fspath(directory), settings=settings)
+    failed = map_chunks(work, rows, workers, max_chunk=64, progress=progress)
     errors = pd.DataFrame(failed, columns=["image_id", "source", "reason"])
     with atomic_path(directory / "errors.csv") as tmp:
         errors.to_csv(tmp, index=False)

@@ -18,7 +18,7 @@ from rich.progress import (
 
 @contextlib.contextmanager
 def progress_bar(total: int | None, description: str) -> Iterator[Callable[..., None]]:
-    """Yield ``advance(n=1, **fields)``; ``fields`` update a ``status`` text beside the bar."""
+    """Yield ``advance(n=1, total=None, **fields)``; ``fields`` set a status text by the bar."""
     console = Console(stderr=True)
     columns = [
         TextColumn("{task.description}"),
@@ -33,7 +33,9 @@ def progress_bar(total: int | None, description: str) -> Iterator[Callable[..., 
     ) as bar:
         task = bar.add_task(description, total=total, status="")
 
-        def advance(n: int = 1, **fields: object) -> None:
+        def advance(n: int = 1, total: int | None = None, **fields: object) -> None:
+            if total is not None:
+                bar.update(task, total=total)
             status = " ".join(f"{k}={v}" for k, v in fields.items())
             bar.update(task, advance=n, **({"status": status} if fields else {}))
 

@@ -2,7 +2,8 @@
 
 Each report holds the study summary (probability and flag per label), the probability of each
 label along the slices, and one section per label with its top slice in the three windows and a
-Grad-CAM heat map (pytorch-grad-cam) of where the model looked for that label. Images are
+heat map (LayerCAM, of the Grad-CAM family, from pytorch-grad-cam) of where the model looked for
+that label. Images are
 embedded as data URIs; the file links to nothing outside itself.
 """
 
@@ -31,24 +32,47 @@ from .windows import DEFAULT_WINDOWS, PRESETS, resize_image, window_stack  # noq
 DISPLAY = 256  # pixels per panel in the report
 
 
-def last_conv(model):
-    """The last 2D convolution of a model: the usual Grad-CAM target layer for CNNs."""
+def cam_layer(model, channels: int, size: int, stride: int = 8):
+    """The last convolution whose output keeps at least ``size / stride`` pixels per side.
+
+    The network's final convolution sees the image at 1/32 (4 x 4 cells at 128 px): too coarse
+    to point at a thin subdural crescent. One stage earlier (1/8) the maps still carry where.
+    """
     import torch
 
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     if not convs:
-        raise ValueError("Grad-CAM needs a convolutional backbone")
-    return convs[-1]
+        raise ValueError("heat maps need a convolutional backbone")
+    sizes: dict[int, int] = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o: sizes.__setitem__(id(mod), o.shape[-1]))
+        for m in convs
+    ]
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros(1, channels, size, size, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    fine = [m for m in convs if sizes.get(id(m), 0) >= size / stride]
+    return fine[-1] if fine else convs[-1]
 
 
 class HeatMapper:
-    """Grad-CAM heat maps (H x W in [0, 1], input size) for one torch model."""
+    """LayerCAM heat maps (H x W in [0, 1], input size) for one torch model.
 
-    def __init__(self, model):
-        from pytorch_grad_cam import GradCAM
+    LayerCAM (pytorch-grad-cam; Jiang et al. 2021) weighs each activation by its own positive
+    gradient, which keeps the localisation of a finer layer that plain Grad-CAM's averaged
+    weights blur. On the demo model, peaks fell inside the synthetic lesion for 44 % of positive
+    slices (Grad-CAM on the last convolution: 0 %; chance: 3 %); see benchmarks/RESULTS.md.
+    """
+
+    def __init__(self, model, channels: int, size: int):
+        from pytorch_grad_cam import LayerCAM
 
         self.model = model.eval()
-        self.cam = GradCAM(model=self.model, target_layers=[last_conv(self.model)])
+        self.cam = LayerCAM(model=self.model, target_layers=[cam_layer(model, channels, size)])
 
     def __call__(self, x: np.ndarray, label: int) -> np.ndarray:
         """``x``: one uint8 model input (C x H x W)."""
@@ -143,7 +167,7 @@ def study_report(
             ]
             if heatmapper is not None and image_id in inputs:
                 cam = heatmapper(inputs[image_id], i)
-                panels.append((f"Grad-CAM ({name})", _png(overlay(stack[0], cam))))
+                panels.append((f"heat map ({name})", _png(overlay(stack[0], cam))))
         except (ValueError, OSError) as exc:
             panels = [(f"image unavailable: {esc(str(exc))}", "")]
         figures = "".join(

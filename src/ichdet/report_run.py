@@ -19,7 +19,8 @@ def write_reports(
         index = index.assign(kind="dicom")
     sources = dict(zip(index["image_id"], index["source"], strict=True))
     models = getattr(runner, "models", None)
-    heatmapper = HeatMapper(models[0]) if models else None
+    spec = runner.spec
+    heatmapper = HeatMapper(models[0], spec.channels, spec.settings.size) if models else None
     paths = []
     for _, summary in result.studies.iterrows():
         study = result.slices[result.slices["study_id"] == summary["study_id"]]
