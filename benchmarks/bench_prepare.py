@@ -2,7 +2,8 @@
 
 Seed-style per file: pydicom dcmread, HU from the modality rescale, the write-up's three windows
 (values outside -> window bottom, per-image min-max), PIL resize to the target size, PNG write.
-ichdet: ``prepare`` with workers=1 (decode, HU, resize HU with area averaging, window, PNG).
+ichdet: ``prepare`` with workers=1 and its default cache format (decode, HU, resize the HU image
+with area averaging, window, zlib-compressed uint8 array).
 
     python benchmarks/bench_prepare.py [--studies 8] [--size 256]
 """

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from ichdet.cache import CacheSettings, cache_dir, entry_path, read_entry
+from ichdet.cache import FORMATS, CacheSettings, cache_dir, entry_path, read_entry
 from ichdet.data import SliceDataset, neighbour_rows
 from ichdet.dicom_write import ct_dataset, save_dataset
 from ichdet.eda import run_eda
@@ -19,6 +19,7 @@ from ichdet.synth import synthesize
 from ichdet.windows import parse_windows
 
 SMALL = CacheSettings(size=32)
+FMT = SMALL.format
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +99,8 @@ def test_zip_read_in_place_gives_the_same_index(kaggle, index, tmp_path):
     assert written == 4
     for image_id in from_zip.head(4)["image_id"]:
         np.testing.assert_array_equal(
-            read_entry(entry_path(d_zip, image_id, "png"), "png", 3),
-            read_entry(entry_path(d_dir, image_id, "png"), "png", 3),
+            read_entry(entry_path(d_zip, image_id, FMT), FMT, 3),
+            read_entry(entry_path(d_dir, image_id, FMT), FMT, 3),
         )
 
 
@@ -149,19 +150,20 @@ def test_prepare_resumable_and_keyed_by_settings(index, tmp_path):
     assert (written, existing, len(errors)) == (10, 0, 0)
     _, written, existing, _ = prepare(df, tmp_path, SMALL, workers=2)
     assert (written, existing) == (0, 10)
-    entry_path(d1, df["image_id"].iloc[3], "png").unlink()
+    entry_path(d1, df["image_id"].iloc[3], FMT).unlink()
     _, written, existing, _ = prepare(df, tmp_path, SMALL)
     assert (written, existing) == (1, 9)
     other = [
         CacheSettings(size=40),
         CacheSettings(size=32, windows=parse_windows("brain,bone")),
         CacheSettings(size=32, format="npy"),
+        CacheSettings(size=32, format="png"),
         CacheSettings(size=32, window_kind="sigmoid"),
     ]
-    assert len({cache_dir(tmp_path, s) for s in [SMALL, *other]}) == 5
+    assert len({cache_dir(tmp_path, s) for s in [SMALL, *other]}) == 6
     d2, written, _, _ = prepare(df, tmp_path, other[1])
     assert written == 10 and read_entry(
-        entry_path(d2, df["image_id"].iloc[0], "png"), "png", 2
+        entry_path(d2, df["image_id"].iloc[0], FMT), FMT, 2
     ).shape == (2, 32, 32)
     assert not list(tmp_path.rglob("*.tmp"))
 
@@ -171,7 +173,7 @@ def test_prepare_matches_windows_of_resized_hu(index, tmp_path):
     from ichdet.windows import resize_image, to_uint8, window_stack
 
     row = index[0].iloc[0]
-    for fmt in ("png", "npy"):
+    for fmt in FORMATS:
         settings = CacheSettings(size=32, format=fmt)
         d, _, _, _ = prepare(index[0].head(1), tmp_path, settings)
         cached = read_entry(entry_path(d, row["image_id"], fmt), fmt, 3)
@@ -199,7 +201,7 @@ def test_dataset_context_and_labels(index, tmp_path):
     first = int(np.flatnonzero(ds.index["slice_index"] == 0)[0])
     assert neighbour_rows(ds.index, 1)[first][0] == first  # clamped at the series end
     # a missing entry is dropped, not fatal
-    entry_path(d, df["image_id"].iloc[0], "png").unlink()
+    entry_path(d, df["image_id"].iloc[0], FMT).unlink()
     assert len(SliceDataset(df, d)) == len(df) - 1
 
 
@@ -230,9 +232,9 @@ def test_png_folder_with_wide_labels(tmp_path):
     assert (df.groupby("patient_id")["fold"].nunique() == 1).all()
     d, written, _, errors = prepare(df, tmp_path / "cache", SMALL)
     assert written == 6 and errors.empty
-    gray = read_entry(entry_path(d, "img1", "png"), "png", 3)
+    gray = read_entry(entry_path(d, "img1", FMT), FMT, 3)
     assert (gray[0] == gray[1]).all() and (gray[1] == gray[2]).all()  # grayscale fills channels
-    colour = read_entry(entry_path(d, "img0", "png"), "png", 3)
+    colour = read_entry(entry_path(d, "img0", FMT), FMT, 3)
     assert not (colour[0] == colour[2]).all()
 
 

@@ -192,7 +192,11 @@ def prepare(
     size: int = typer.Option(256, help="output rows and columns"),
     windows: str = typer.Option("brain,subdural,bone", help="windows: preset names or C/W"),
     window_kind: str = typer.Option("clip", help="clip | sigmoid | blackout_minmax"),
-    fmt: str = typer.Option("png", "--format", help="png (compact) | npy (fastest reads)"),
+    fmt: str = typer.Option(
+        "zlib",
+        "--format",
+        help="zlib (default) | png (viewable, smallest) | npy (raw, fastest reads)",
+    ),
     workers: int = typer.Option(1, help="parallel processes"),
 ) -> None:
     """Resized uint8 window stacks for every indexed image (resumable)."""
