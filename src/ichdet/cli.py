@@ -421,8 +421,9 @@ def predict(
     if result.slices.empty:
         _fail(f"nothing could be predicted; reasons in {result.files['errors']}")
     flagged = int(result.studies["any_flag"].sum())
+    n_studies = len(result.studies)
     console.print(
-        f"{len(result.slices)} slices of {len(result.studies)} studies -> "
+        f"{len(result.slices)} slices of {n_studies} {'study' if n_studies == 1 else 'studies'} -> "
         f"{result.files['slices']}, {result.files['studies']} "
         f"({flagged} flagged for any hemorrhage)"
     )
