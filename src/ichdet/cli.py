@@ -21,7 +21,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# logs and CI capture output without a terminal; rich would then wrap at 80 columns
+console = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -415,7 +416,14 @@ def predict(
     try:
         runner = load_runner(models, device=device, tta=tta, batch_size=batch_size)
         with progress_bar(None, "predict") as advance:
-            result = run_predict(runner, data, out, workers=workers, progress=advance)
+            result = run_predict(
+                runner,
+                data,
+                out,
+                workers=workers,
+                progress=advance,
+                total=lambda n: advance(0, total=n),
+            )
     except (FileNotFoundError, ValueError, ImportError) as exc:
         _fail(str(exc))
     if result.slices.empty:

@@ -188,20 +188,13 @@ def build_index(
         for s, i in df.loc[dup, ["source", "image_id"]].itertuples(index=False)
     ]
     df = df[~dup]
-    extra = (
-        label_table[
-            [c for c in ("study_id", "series_id", "patient_id", "z") if c in label_table.columns]
-        ]
-        if label_table is not None
-        else None
-    )
-    if extra is not None and not extra.empty:  # pre-windowed images carry ids in the CSV
-        for column in extra.columns:
-            filled = df["image_id"].map(extra[column])
-            df[column] = df[column].where(df[column].notna(), filled)
+    for column in ("study_id", "series_id", "patient_id", "z"):
+        if label_table is not None and column in label_table:  # pre-windowed images: from CSV
+            df[column] = df[column].astype(object).fillna(df["image_id"].map(label_table[column]))
     for column in ("study_id", "series_id", "patient_id"):
-        df[column] = df[column].where(df[column].notna() & (df[column] != ""), df["image_id"])
-    df["z"] = df["z"].astype(float).fillna(0.0) if (df["kind"] == "image").all() else df["z"]
+        present = df[column].notna() & (df[column].astype(str) != "")
+        df[column] = df[column].astype(object).where(present, df["image_id"]).astype(str)
+    df["z"] = pd.to_numeric(df["z"])
     root = Path(data)
     df["split"] = [
         split_from_path(s if ZIP_SEP in s else os.path.relpath(s, root)) for s in df["source"]

@@ -7,6 +7,7 @@ decoded series by series in worker processes, ahead of the model, so decoding ov
 
 from __future__ import annotations
 
+import io
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -123,12 +124,18 @@ def predict(
     data: str | os.PathLike,
     out: str | os.PathLike,
     workers: int = 1,
-    progress: Callable[..., None] | None = None,
+    progress: Callable[[int], None] | None = None,
+    total: Callable[[int], None] | None = None,
 ) -> PredictResult:
-    """Run ``runner`` (see ichdet.runners) over ``data``; write the CSVs into ``out``."""
+    """Run ``runner`` (see ichdet.runners) over ``data``; write the CSVs into ``out``.
+
+    ``progress(n)`` is called as files are done; ``total(n)`` once the file count is known.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     index, errors, sample = load_input(data, workers=workers)
+    if total:
+        total(len(index))
     if "kind" not in index:
         index = index.assign(kind="dicom")
     spec = runner.spec
@@ -179,7 +186,7 @@ def predict(
 def kaggle_submission(slices: pd.DataFrame, sample_source: str) -> pd.DataFrame:
     """Predictions in the sample submission's ids and order; images that could not be read
     get the mean prediction of the test set (and are listed in errors.csv)."""
-    sample = pd.read_csv(__import__("io").StringIO(open_text(sample_source)))
+    sample = pd.read_csv(io.StringIO(open_text(sample_source)))
     wide = from_long(to_long(slices["image_id"].tolist(), slices[list(LABELS)].to_numpy()))
     fallback = wide.mean() if len(wide) else pd.Series(0.5, index=list(LABELS))
     wanted = from_long(sample.assign(Label=0.0)).index

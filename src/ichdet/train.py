@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ from .metrics import (
     weighted_log_loss,
 )
 from .models import ModelConfig, build_model
+from .progress import progress_bar
 from .runs import (
     inference_state,
     load_checkpoint,
@@ -84,7 +85,6 @@ class TrainConfig:
     drop_path: float = 0.0
     device: str = "auto"
     target_sensitivity: float = 0.95
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -355,32 +355,37 @@ def fit(
         train_model.train()
         started, seen, loss_sum = time.perf_counter(), 0, 0.0
         optimizer.zero_grad(set_to_none=True)
-        for step, (x, y) in enumerate(loader):
-            x = x.to(device, non_blocking=True).float().div_(255)
-            y = y.to(device, non_blocking=True)
-            if augment is not None:
-                x = augment(x)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            last_micro = (step + 1) % cfg.accumulate == 0 or step + 1 == steps_per_epoch
-            sync = nullcontext() if last_micro or not d.active else train_model.no_sync()
-            with sync:
-                with _autocast(device, amp):
-                    logits = train_model(x)
-                loss = weighted_bce(logits, y)
-                scaler.scale(loss / cfg.accumulate).backward()
-            if last_micro:
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                updates += 1
-                scheduler.step_update(updates)
-                if ema is not None:
-                    ema.update(model, step=updates)
-                if on_step:
-                    on_step(epoch, updates)
-            seen += len(x)
-            loss_sum += float(loss.detach()) * len(x)
+        bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}") if d.main else None
+        with bar or nullcontext() as bar_step:
+            for step, (x, y) in enumerate(loader):
+                x = x.to(device, non_blocking=True).float().div_(255)
+                y = y.to(device, non_blocking=True)
+                if augment is not None:
+                    x = augment(x)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                last_micro = (step + 1) % cfg.accumulate == 0 or step + 1 == steps_per_epoch
+                sync = nullcontext() if last_micro or not d.active else train_model.no_sync()
+                with sync:
+                    with _autocast(device, amp):
+                        logits = train_model(x)
+                    loss = weighted_bce(logits, y)
+                    scaler.scale(loss / cfg.accumulate).backward()
+                if last_micro:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    updates += 1
+                    scheduler.step_update(updates)
+                    if ema is not None:
+                        ema.update(model, step=updates)
+                    if on_step:
+                        on_step(epoch, updates)
+                seen += len(x)
+                loss_sum += float(loss.detach()) * len(x)
+                if bar_step:
+                    rate = seen * d.world / (time.perf_counter() - started)
+                    bar_step(1, loss=f"{loss_sum / seen:.4f}", img_s=f"{rate:.0f}")
         seconds = time.perf_counter() - started
         eval_model = ema.module if ema is not None else model
         probs = _gather_predictions(eval_model, valid_ds, cfg, d, device, amp, channels_last)
