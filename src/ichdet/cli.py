@@ -22,12 +22,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # logs and CI capture output without a terminal; rich would then wrap at 80 columns
-console = Console(width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, soft_wrap=True)
+# markup off: file names and reasons may hold [brackets]
+console = Console(width=None if sys.stdout.isatty() else 120, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"error: {message}", style="red")
     raise typer.Exit(code)
 
 
@@ -49,7 +50,7 @@ def info(
             sl = read_slice(path, require_ct=not allow_non_ct)
         except DicomError as exc:
             failed.append(str(exc))
-            err.print(f"[yellow]skipped[/yellow] {exc}")
+            err.print(f"skipped {exc}", style="yellow")
             continue
         m = sl.meta
         if as_json:
@@ -181,7 +182,7 @@ def index(
             f"labels without images: {report['labels_without_images']}"
         )
     if len(errors):
-        err.print(f"[yellow]skipped {len(errors)} file(s)[/yellow]; reasons in {errors_path}")
+        err.print(f"skipped {len(errors)} file(s); reasons in {errors_path}", style="yellow")
         for source, reason in errors.head(5).itertuples(index=False):
             err.print(f"  {source}: {reason}")
 
@@ -236,8 +237,8 @@ def prepare(
     )
     if len(errors):
         err.print(
-            f"[yellow]skipped {len(errors)} image(s)[/yellow]; reasons in "
-            f"{directory / 'errors.csv'}"
+            f"skipped {len(errors)} image(s); reasons in {directory / 'errors.csv'}",
+            style="yellow",
         )
 
 
@@ -441,8 +442,8 @@ def predict(
         )
     if len(result.errors):
         err.print(
-            f"[yellow]skipped {len(result.errors)} file(s)[/yellow]; reasons in "
-            f"{result.files['errors']}"
+            f"skipped {len(result.errors)} file(s); reasons in {result.files['errors']}",
+            style="yellow",
         )
     if report:
         from .report_run import write_reports

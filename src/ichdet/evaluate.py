@@ -71,8 +71,10 @@ def print_report(report: dict, console: Console) -> None:
     console.print(table)
     if report.get("labelled_without_prediction"):
         console.print(
-            f"[yellow]{report['labelled_without_prediction']} labelled image(s) have "
-            "no prediction and were left out[/yellow]"
+            f"{report['labelled_without_prediction']} labelled image(s) have no prediction "
+            "and were left out",
+            style="yellow",
+            markup=False,
         )
     ratio = report["weighted_log_loss"] / report["prior_log_loss"]
     console.print(
