@@ -11,14 +11,14 @@ runner = CliRunner()
 
 def test_info_json_and_skips(write_ct, hu_image, tmp_path):
     good = write_ct("good.dcm", (hu_image + 1024).astype(np.int16), sop_instance_uid="ID_good")
-    junk = tmp_path / "junk[1].dcm"  # brackets must not be read as rich markup
+    junk = tmp_path / "junk[bold].dcm"  # brackets must not be read as rich markup
     junk.write_bytes(b"\x00" * 10)
     result = runner.invoke(app, ["info", "--json", str(good), str(junk)])
     assert result.exit_code == 1  # one file skipped
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1 and lines[0]["sop_instance_uid"] == "ID_good"
     assert lines[0]["hu_min"] == -1000 and lines[0]["hu_max"] == hu_image.max()
-    assert "junk[1].dcm" in result.stderr and "1 of 2 file(s) skipped" in result.stderr
+    assert "junk[bold].dcm" in result.stderr and "1 of 2 file(s) skipped" in result.stderr
 
 
 def test_view_writes_panels(write_ct, hu_image, tmp_path):
