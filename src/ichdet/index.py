@@ -26,8 +26,8 @@ from .sources import (
     ZIP_SEP,
     find_member,
     list_sources,
+    open_source,
     open_text,
-    read_source,
     source_stem,
     split_source,
 )
@@ -108,7 +108,8 @@ def _scan_one(source: str) -> dict | tuple[str, str]:
     if suffix in IMAGE_SUFFIXES:
         return {"image_id": source_stem(source), "source": source, "kind": "image"}
     try:
-        meta = read_meta(read_source(source))
+        with open_source(source) as stream:
+            meta = read_meta(stream)
     except (DicomError, ValueError) as exc:
         reason = exc.reason if isinstance(exc, DicomError) else str(exc)
         return (source, reason)

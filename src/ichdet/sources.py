@@ -6,11 +6,13 @@ download is one ~180 GB zip; reading members directly avoids unpacking ~450 GB.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 ZIP_SEP = "::"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -43,6 +45,22 @@ def read_source(source: str) -> bytes | str:
         return _open_zip(archive, os.getpid()).read(member)
     except (KeyError, zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ValueError(f"{source}: unreadable zip member ({exc})") from exc
+
+
+@contextlib.contextmanager
+def open_source(source: str) -> Iterator[IO[bytes]]:
+    """A binary stream of a file or zip member. A header-only read of a zip member inflates just
+    the bytes it reads, not the whole ~0.5 MB slice."""
+    archive, member = split_source(source)
+    try:  # only opening is guarded: errors of the caller's reads pass through unchanged
+        if member is None:
+            stream: IO[bytes] = open(archive, "rb")  # noqa: SIM115 - closed by the with below
+        else:
+            stream = _open_zip(archive, os.getpid()).open(member)
+    except (KeyError, zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{source}: unreadable ({exc})") from exc
+    with stream:
+        yield stream
 
 
 def source_stem(source: str) -> str:
