@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import SHARED_SAMPLE
+
 from ichdet.dicom import read_slice
 from ichdet.index import build_index
 
