@@ -169,7 +169,7 @@ def index(
                 workers=workers,
                 seed=seed,
                 progress=advance,
-                total=lambda n: advance(0, total=n),
+                total=advance.set_total,
             )
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
@@ -226,7 +226,7 @@ def prepare(
             settings,
             workers=workers,
             progress=advance,
-            total=lambda n: advance(0, total=n),
+            total=advance.set_total,
         )
     seconds = time.perf_counter() - start
     rate = f" ({written / seconds:.0f} images/s)" if written else ""
@@ -423,7 +423,7 @@ def predict(
                 out,
                 workers=workers,
                 progress=advance,
-                total=lambda n: advance(0, total=n),
+                total=advance.set_total,
             )
     except (FileNotFoundError, ValueError, ImportError) as exc:
         _fail(str(exc))
