@@ -262,3 +262,33 @@ def test_rsna_style_header_only_read_never_decodes_pixels(kaggle):
     path = sorted((kaggle / "stage_2_train").glob("*.dcm"))[0]
     ds = pydicom.dcmread(path)
     assert "PixelData" in ds
+
+
+def _damage_member(archive, index, where):
+    """Flip 64 compressed bytes of member ``index``: near its start or near its end."""
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.infolist()[index]
+    data = bytearray(archive.read_bytes())
+    start = info.header_offset + 30 + len(info.filename)  # local header, then the data
+    at = start + 40 if where == "start" else start + info.compress_size - 200
+    for i in range(at, at + 64):
+        data[i] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    return info.filename
+
+
+def test_damaged_zip_members_are_listed_not_fatal(kaggle, tmp_path):
+    files = sorted((kaggle / "stage_2_test").glob("*.dcm"))[:4]
+    archive = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in files:
+            zf.write(path, f"stage_2_test/{path.name}")
+    header_hit = _damage_member(archive, 0, "start")
+    pixel_hit = _damage_member(archive, 2, "end")
+    df, errors, _ = build_index(archive)
+    assert errors["source"].str.endswith(header_hit).tolist() == [True]
+    assert "unreadable zip member" in errors["reason"].iloc[0]
+    assert len(df) == 3  # the member damaged in its pixels still has a readable header
+    _, written, _, failed = prepare(df, tmp_path / "cache", SMALL)
+    assert written == 2 and failed["source"].str.endswith(pixel_hit).tolist() == [True]
+    assert "unreadable zip member" in failed["reason"].iloc[0]

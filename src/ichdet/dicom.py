@@ -25,6 +25,8 @@ import io
 import math
 import os
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -184,6 +186,8 @@ def _dcmread(source: Source, *, header_only: bool) -> pydicom.Dataset:
                 ) from None
     except DicomError:
         raise
+    except (zlib.error, zipfile.BadZipFile) as exc:  # damaged bytes in a zip member
+        raise DicomError(name, f"unreadable zip member ({exc})") from exc
     except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise DicomError(name, f"truncated or corrupt DICOM ({type(exc).__name__}: {exc})") from exc
     return ds

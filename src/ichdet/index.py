@@ -113,6 +113,8 @@ def _scan_one(source: str) -> dict | tuple[str, str]:
     except (DicomError, ValueError) as exc:
         reason = exc.reason if isinstance(exc, DicomError) else str(exc)
         return (source, reason)
+    except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
+        return (source, f"unreadable ({type(exc).__name__}: {exc})")
     return {
         "image_id": meta.sop_instance_uid or source_stem(source),
         "study_id": meta.study_instance_uid,

@@ -67,6 +67,8 @@ def _series_inputs(
             errors.append((source, exc.reason))
         except (ValueError, OSError) as exc:
             errors.append((source, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
+            errors.append((source, f"{type(exc).__name__}: {exc}"))
     if not stacks:
         return [], None, errors
     volume = np.stack(stacks)  # N x C x H x W, in slice order

@@ -66,6 +66,8 @@ def _prepare_chunk(
             failed.append((image_id, source, exc.reason))
         except (ValueError, OSError) as exc:
             failed.append((image_id, source, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
+            failed.append((image_id, source, f"{type(exc).__name__}: {exc}"))
     return failed
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -43,8 +44,8 @@ def read_source(source: str) -> bytes | str:
         return archive
     try:
         return _open_zip(archive, os.getpid()).read(member)
-    except (KeyError, zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ValueError(f"{source}: unreadable zip member ({exc})") from exc
+    except (KeyError, zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+        raise ValueError(f"unreadable zip member ({exc})") from exc
 
 
 @contextlib.contextmanager
@@ -58,7 +59,7 @@ def open_source(source: str) -> Iterator[IO[bytes]]:
         else:
             stream = _open_zip(archive, os.getpid()).open(member)
     except (KeyError, zipfile.BadZipFile, OSError) as exc:
-        raise ValueError(f"{source}: unreadable ({exc})") from exc
+        raise ValueError(f"unreadable ({exc})") from exc
     with stream:
         yield stream
 
