@@ -95,7 +95,3 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]
     fitting = {k: v for k, v in clean.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(fitting, strict=False)
     return sorted(set(own) - set(fitting))
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
