@@ -448,7 +448,7 @@ def predict(
     if report:
         from .report_run import write_reports
 
-        paths = write_reports(runner, result, data, out / "report", workers=workers)
+        paths = write_reports(runner, result, out / "report")
         console.print(f"{len(paths)} report(s) in {out / 'report'}")
 
 

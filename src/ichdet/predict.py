@@ -32,6 +32,7 @@ SAMPLE_SUBMISSIONS = ("stage_2_sample_submission.csv", "stage_1_sample_submissio
 
 @dataclass
 class PredictResult:
+    index: pd.DataFrame  # the rows that were given to the model (ids, sources, kinds)
     slices: pd.DataFrame
     studies: pd.DataFrame
     errors: pd.DataFrame
@@ -182,7 +183,7 @@ def predict(
         files["submission"] = out / "submission.csv"
         with atomic_path(files["submission"]) as tmp:
             submission.to_csv(tmp, index=False)
-    return PredictResult(slices, studies, errors_df, submission, files)
+    return PredictResult(index, slices, studies, errors_df, submission, files)
 
 
 def kaggle_submission(slices: pd.DataFrame, sample_source: str) -> pd.DataFrame:
