@@ -21,7 +21,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ichdet.index import build_index, read_long_labels
 from ichdet.labels import LABELS, SUBTYPES
-from ichdet.predict import _series_inputs
+from ichdet.predict import series_inputs
 from ichdet.report import HeatMapper, heatmap_peak
 from ichdet.runners import load_runner
 
@@ -39,7 +39,7 @@ def positive_cases(
         if not positive & set(series["image_id"]):
             continue
         rows = list(series[["image_id", "source", "kind"]].itertuples(index=False, name=None))
-        ids, volume, _ = _series_inputs(rows, runner.spec.settings, runner.spec.context)
+        ids, volume, _ = series_inputs(rows, runner.spec.settings, runner.spec.context)
         for i, image_id in enumerate(ids):
             if image_id not in positive:
                 continue

@@ -54,7 +54,7 @@ def load_input(
     return index.reset_index(drop=True), errors, sample
 
 
-def _series_inputs(
+def series_inputs(
     rows: list[tuple[str, str, str]], settings: CacheSettings, context: int
 ) -> tuple[list[str], np.ndarray | None, list[tuple[str, str]]]:
     """Decode one series (rows in z order) -> (image ids, model inputs, errors)."""
@@ -92,18 +92,18 @@ def _decode_ahead(
     """Yield decoded series in order, keeping up to ``depth`` decodes running ahead."""
     if pool is None:
         for rows in series:
-            yield _series_inputs(rows, settings, context)
+            yield series_inputs(rows, settings, context)
         return
     queue: deque[Future] = deque()
     pending = iter(series)
     for rows in pending:
-        queue.append(pool.submit(_series_inputs, rows, settings, context))
+        queue.append(pool.submit(series_inputs, rows, settings, context))
         if len(queue) >= depth:
             break
     while queue:
         result = queue.popleft().result()
         for rows in pending:
-            queue.append(pool.submit(_series_inputs, rows, settings, context))
+            queue.append(pool.submit(series_inputs, rows, settings, context))
             break
         yield result
 

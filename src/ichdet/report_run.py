@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .predict import PredictResult, _series_inputs
+from .predict import PredictResult, series_inputs
 from .report import HeatMapper, study_report
 
 
@@ -31,7 +31,7 @@ def write_reports(runner, result: PredictResult, out: str | os.PathLike) -> list
                 rows = list(
                     series[["image_id", "source", "kind"]].itertuples(index=False, name=None)
                 )
-                ids, volume, _ = _series_inputs(rows, spec.settings, spec.context)
+                ids, volume, _ = series_inputs(rows, spec.settings, spec.context)
                 if volume is not None:
                     inputs.update(zip(ids, volume, strict=True))
         name = "".join(c if c.isalnum() or c in "._-" else "_" for c in str(summary["study_id"]))
