@@ -19,7 +19,7 @@ def machine() -> str:
 
 def synthetic(root: Path, studies: int, size: int = 512, seed: int = 0) -> Path:
     """A synthetic Kaggle-layout dataset under ``root`` (reused if already there)."""
-    from ichdet.synth import synthesize
+    from ichdet.synth.studies import synthesize
 
     out = root / f"synth_{studies}_{size}_{seed}"
     if not (out / "synth.json").is_file():

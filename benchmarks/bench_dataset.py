@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from _common import machine, synthetic
 
-from ichdet.cache import CacheSettings
-from ichdet.data import SliceDataset
-from ichdet.index import build_index
-from ichdet.prepare import cache_size_bytes, prepare
+from ichdet.data.cache import CacheSettings
+from ichdet.data.dataset import SliceDataset
+from ichdet.data.index import build_index
+from ichdet.data.prepare import cache_size_bytes, prepare
 
 
 def main() -> None:

@@ -19,11 +19,11 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from ichdet.index import build_index, read_long_labels
+from ichdet.data.index import build_index, read_long_labels
+from ichdet.inference.predict import series_inputs
+from ichdet.inference.runners import load_runner
 from ichdet.labels import LABELS, SUBTYPES
-from ichdet.predict import series_inputs
-from ichdet.report import HeatMapper, heatmap_peak
-from ichdet.runners import load_runner
+from ichdet.reports.html import HeatMapper, heatmap_peak
 
 
 def positive_cases(

@@ -20,10 +20,10 @@ import pydicom
 from _common import machine, synthetic
 from PIL import Image
 
-from ichdet.cache import CacheSettings
-from ichdet.index import build_index
-from ichdet.prepare import cache_size_bytes, prepare
-from ichdet.windows import PRESETS, apply_window_blackout_minmax
+from ichdet.data.cache import CacheSettings
+from ichdet.data.index import build_index
+from ichdet.data.prepare import cache_size_bytes, prepare
+from ichdet.data.windows import PRESETS, apply_window_blackout_minmax
 
 
 def seed_style(sources: list[str], out: Path, size: int) -> None:

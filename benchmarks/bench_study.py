@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 from _common import machine
 
-from ichdet.cache import CacheSettings
-from ichdet.dicom_write import ct_dataset, save_dataset
-from ichdet.export import export_onnx
-from ichdet.models import ModelConfig, build_model
-from ichdet.phantom import Grid, plan_study, render_slice
-from ichdet.predict import predict
-from ichdet.runners import load_runner
-from ichdet.runs import save_checkpoint
+from ichdet.data.cache import CacheSettings
+from ichdet.dicom.write import ct_dataset, save_dataset
+from ichdet.inference.export import export_onnx
+from ichdet.inference.predict import predict
+from ichdet.inference.runners import load_runner
+from ichdet.models.checkpoint import save_checkpoint
+from ichdet.models.slice_cnn import ModelConfig, build_model
+from ichdet.synth.phantom import Grid, plan_study, render_slice
 
 
 def write_study(folder: Path, slices: int) -> None:
@@ -64,6 +64,7 @@ def main() -> None:
         save_checkpoint(
             ckpt,
             {
+                "kind": "slice_cnn",
                 "model": build_model(config).state_dict(),
                 "model_config": config.to_dict(),
                 "context": 0,

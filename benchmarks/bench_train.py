@@ -17,12 +17,14 @@ import time
 import torch
 from _common import machine
 
-from ichdet.models import ModelConfig, build_model
-from ichdet.train import _autocast, weighted_bce
+from ichdet.models.slice_cnn import ModelConfig, build_model
+from ichdet.training.distributed import Dist, Runtime
+from ichdet.training.slice_task import weighted_bce
 
 
 def rate(name: str, size: int, batch: int, steps: int, device: torch.device) -> float:
     amp = device.type == "cuda"
+    rt = Runtime(Dist(), device, amp=amp, channels_last=amp)
     model = build_model(ModelConfig(name=name, in_chans=3)).to(device)
     if amp:
         model = model.to(memory_format=torch.channels_last)
@@ -34,7 +36,7 @@ def rate(name: str, size: int, batch: int, steps: int, device: torch.device) -> 
         inputs = x.float().div(255)
         if amp:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
+        with rt.autocast():
             loss = weighted_bce(model(inputs), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ichdet.dicom_write import ct_dataset, save_dataset
+from ichdet.dicom.write import ct_dataset, save_dataset
 
 SHARED_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "real-sample"
 

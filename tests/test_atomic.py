@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from ichdet.atomic import FILE_MODE, atomic_path, write_text
+from ichdet.util.atomic import FILE_MODE, atomic_path, write_text
 
 
 def test_atomic_writes_leave_no_temp_and_normal_permissions(tmp_path):

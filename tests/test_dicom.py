@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, RLELossless
 
-from ichdet.dicom import (
+from ichdet.dicom.read import (
     AIR_HU,
     FIX_MONOCHROME1,
     FIX_PADDING,
@@ -22,7 +22,7 @@ from ichdet.dicom import (
     read_slice,
     slice_z,
 )
-from ichdet.dicom_write import ct_dataset, save_dataset
+from ichdet.dicom.write import ct_dataset, save_dataset
 
 
 def _reference_hu(path):

@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 from pydicom.data import get_testdata_file
 
-from ichdet.cache import FORMATS, CacheSettings, cache_dir, entry_path, read_entry
-from ichdet.data import SliceDataset, neighbour_rows
-from ichdet.dicom_write import ct_dataset, save_dataset
-from ichdet.eda import run_eda
-from ichdet.index import build_index, read_long_labels, split_from_path, write_index
+from ichdet.data.cache import FORMATS, CacheSettings, cache_dir, entry_path, read_entry
+from ichdet.data.dataset import SliceDataset, neighbour_rows
+from ichdet.data.index import build_index, read_long_labels, split_from_path, write_index
+from ichdet.data.prepare import prepare
+from ichdet.data.windows import parse_windows
+from ichdet.dicom.write import ct_dataset, save_dataset
 from ichdet.labels import LABELS, SUBTYPES
-from ichdet.prepare import prepare
-from ichdet.synth import synthesize
-from ichdet.windows import parse_windows
+from ichdet.reports.eda import run_eda
+from ichdet.synth.studies import synthesize
 
 SMALL = CacheSettings(size=32)
 FMT = SMALL.format
@@ -168,8 +168,8 @@ def test_prepare_resumable_and_keyed_by_settings(index, tmp_path):
 
 
 def test_prepare_matches_windows_of_resized_hu(index, tmp_path):
-    from ichdet.dicom import read_slice
-    from ichdet.windows import resize_image, to_uint8, window_stack
+    from ichdet.data.windows import resize_image, to_uint8, window_stack
+    from ichdet.dicom.read import read_slice
 
     row = index[0].iloc[0]
     for fmt in FORMATS:

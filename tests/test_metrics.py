@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from ichdet.labels import LABELS
-from ichdet.metrics import (
+from ichdet.evaluation.metrics import (
     evaluate_arrays,
     from_long,
     operating_thresholds,
@@ -16,6 +15,7 @@ from ichdet.metrics import (
     to_long,
     weighted_log_loss,
 )
+from ichdet.labels import LABELS
 
 
 def test_weighted_log_loss_hand_computed():

@@ -1,10 +1,10 @@
 import timm
 import torch
 
-from ichdet.augment import RandomTrainAugment, random_window_jitter
-from ichdet.models import ModelConfig, build_model
-from ichdet.runs import save_checkpoint
-from ichdet.train import weighted_bce
+from ichdet.data.augment import RandomTrainAugment, random_window_jitter
+from ichdet.models.checkpoint import save_checkpoint
+from ichdet.models.slice_cnn import ModelConfig, build_model
+from ichdet.training.slice_task import weighted_bce
 
 TINY = "test_efficientnet"
 
@@ -37,7 +37,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
 
 
 def test_weighted_bce_matches_the_metric():
-    from ichdet.metrics import weighted_log_loss
+    from ichdet.evaluation.metrics import weighted_log_loss
 
     logits = torch.randn(5, 6)
     y = (torch.rand(5, 6) < 0.5).float()
@@ -59,7 +59,7 @@ def test_local_weights_timm_state_dict_checkpoint_and_ichdet(tmp_path):
         assert own["classifier.weight"].shape[0] == 6  # head re-initialised at 6 logits
         assert own["conv_stem.weight"].shape[1] == 9  # stem adapted to 9 channels
     trained = build_model(ModelConfig(name=TINY, in_chans=3))
-    save_checkpoint(tmp_path / "run.pt", {"model": trained.state_dict()})
+    save_checkpoint(tmp_path / "run.pt", {"kind": "slice_cnn", "model": trained.state_dict()})
     reloaded = build_model(ModelConfig(name=TINY, in_chans=3), weights=tmp_path / "run.pt")
     for k, v in trained.state_dict().items():
         assert torch.equal(reloaded.state_dict()[k], v)

@@ -9,16 +9,17 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ichdet.cache import CacheSettings
 from ichdet.cli import app
-from ichdet.dicom_write import ct_dataset, save_dataset
-from ichdet.index import build_index, write_index
+from ichdet.data.cache import CacheSettings
+from ichdet.data.index import build_index, write_index
+from ichdet.data.prepare import prepare
+from ichdet.dicom.write import ct_dataset, save_dataset
+from ichdet.inference.predict import predict
+from ichdet.inference.runners import TorchRunner, load_runner
 from ichdet.labels import LABELS
-from ichdet.predict import predict
-from ichdet.prepare import prepare
-from ichdet.runners import TorchRunner, load_runner
-from ichdet.synth import synthesize
-from ichdet.train import TrainConfig, fit
+from ichdet.synth.studies import synthesize
+from ichdet.training.config import TrainConfig
+from ichdet.training.slice_task import fit
 
 runner = CliRunner()
 
@@ -150,7 +151,7 @@ def test_onnx_export_parity_and_no_torch_import(trained, tmp_path):
     diff = np.abs(torch_slices[list(LABELS)].to_numpy() - onnx_slices[list(LABELS)].to_numpy())
     assert diff.max() < 1e-3
     code = (
-        "import sys; from ichdet.runners import load_runner; "
+        "import sys; from ichdet.inference.runners import load_runner; "
         f"r = load_runner([{str(out)!r}]); import numpy as np; "
         "r(np.zeros((2, r.spec.channels, 32, 32), np.uint8)); "
         "print('torch' in sys.modules)"

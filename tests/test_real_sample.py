@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from conftest import SHARED_SAMPLE
 
-from ichdet.dicom import read_slice
-from ichdet.index import build_index
+from ichdet.data.index import build_index
+from ichdet.dicom.read import read_slice
 
 STUDY = SHARED_SAMPLE / "rsna-study-tilted"
 pytestmark = pytest.mark.skipif(not STUDY.is_dir(), reason="../shared/real-sample not present")

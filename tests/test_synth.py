@@ -5,10 +5,10 @@ import pandas as pd
 import pydicom
 import pytest
 
-from ichdet.dicom import AIR_HU, FIX_RSNA_12BIT, read_meta, read_slice
+from ichdet.dicom.read import AIR_HU, FIX_RSNA_12BIT, read_meta, read_slice
 from ichdet.labels import LABELS, SUBTYPES
-from ichdet.phantom import Grid, render_slice
-from ichdet.synth import design_study, plan_jobs, synthesize
+from ichdet.synth.phantom import Grid, render_slice
+from ichdet.synth.studies import design_study, plan_jobs, synthesize
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ichdet.cache import CacheSettings
 from ichdet.cli import app
-from ichdet.index import build_index, write_index
+from ichdet.data.cache import CacheSettings
+from ichdet.data.index import build_index, write_index
+from ichdet.data.prepare import prepare
 from ichdet.labels import LABELS
-from ichdet.prepare import prepare
-from ichdet.runs import load_checkpoint
-from ichdet.synth import synthesize
-from ichdet.train import TrainConfig, fit, fit_all, resolve_cache
+from ichdet.models.checkpoint import load_checkpoint
+from ichdet.synth.studies import synthesize
+from ichdet.training.config import TrainConfig
+from ichdet.training.cv import fit_all
+from ichdet.training.slice_task import fit, resolve_cache
 
 runner = CliRunner()
 TINY = dict(model="test_efficientnet", size=32, batch_size=16, workers=0, lr=3e-3)

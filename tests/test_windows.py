@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ichdet.windows import (
+from ichdet.data.windows import (
     PRESETS,
     Window,
     apply_window,

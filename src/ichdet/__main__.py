@@ -1,3 +1,3 @@
-from .cli import main
+from ichdet.cli import main
 
 main()

@@ -18,15 +18,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .cache import CacheSettings
-from .evaluate import evaluate_files
-from .index import build_index, write_index
-from .labels import LABELS
-from .predict import predict
-from .prepare import prepare
-from .runners import load_runner
-from .synth import synthesize
-from .train import TrainConfig, fit
+from ichdet.data.cache import CacheSettings
+from ichdet.data.index import build_index, write_index
+from ichdet.data.prepare import prepare
+from ichdet.evaluation.evaluate import evaluate_files
+from ichdet.inference.predict import predict
+from ichdet.inference.runners import load_runner
+from ichdet.labels import LABELS
+from ichdet.synth.studies import synthesize
+from ichdet.training.config import TrainConfig
+from ichdet.training.slice_task import fit
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,26 @@ class DemoConfig:
     context: int = 0
     seed: int = 0
     workers: int = 2
+
+
+def train_config(cfg: DemoConfig, out: str | os.PathLike) -> TrainConfig:
+    """The demo's training settings (``configs/demo.yaml`` is the same recipe)."""
+    out = Path(out)
+    return TrainConfig(
+        index=str(out / "index.parquet"),
+        cache=str(out / "cache"),
+        out=str(out / "run"),
+        fold=0,
+        epochs=cfg.epochs,
+        model=cfg.model,
+        size=cfg.size,
+        context=cfg.context,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        workers=min(cfg.workers, 1),
+        device="cpu",
+    )
 
 
 def run_demo(
@@ -71,27 +92,13 @@ def run_demo(
     )
     t = time.perf_counter()
     df, errors, report = build_index(out / "data", folds=5, workers=cfg.workers, seed=cfg.seed)
-    index_path = write_index(df, errors, report, out / "index.parquet")
+    write_index(df, errors, report, out / "index.parquet")
     stage("index", t)
     t = time.perf_counter()
     prepare(df, out / "cache", CacheSettings(size=cfg.size), workers=cfg.workers)
     stage("prepare", t)
     t = time.perf_counter()
-    train_cfg = TrainConfig(
-        index=str(index_path),
-        cache=str(out / "cache"),
-        out=str(out / "run"),
-        fold=0,
-        epochs=cfg.epochs,
-        model=cfg.model,
-        size=cfg.size,
-        context=cfg.context,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        seed=cfg.seed,
-        workers=min(cfg.workers, 1),
-        device="cpu",
-    )
+    train_cfg = train_config(cfg, out)
     metrics = fit(train_cfg, log=log)
     stage("train", t)
     t = time.perf_counter()

@@ -1,0 +1,163 @@
+"""``ichdet synth``, ``index``, ``prepare`` and ``eda``: data in, cache and figures out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ichdet.cli.common import console, err, fail
+
+
+def synth(
+    out: Path = typer.Argument(..., help="output folder (Kaggle layout)"),
+    studies: int = typer.Option(30, help="number of studies"),
+    seed: int = typer.Option(0, help="random seed (same seed, same files)"),
+    size: int = typer.Option(512, help="image rows and columns"),
+    test_fraction: float = typer.Option(0.2, help="fraction of patients in stage_2_test"),
+    masks: bool = typer.Option(False, "--masks", help="write masks/ID_<sop>.npz per lesion slice"),
+    workers: int = typer.Option(1, help="parallel processes"),
+) -> None:
+    """Write labelled synthetic head-CT studies in the RSNA Kaggle layout."""
+    import time
+
+    from ichdet.synth.studies import synthesize
+    from ichdet.util.progress import progress_bar
+
+    start = time.perf_counter()
+    with progress_bar(None, "synth") as advance:
+        summary = synthesize(
+            out,
+            studies=studies,
+            seed=seed,
+            size=size,
+            test_fraction=test_fraction,
+            masks=masks,
+            workers=workers,
+            progress=advance,
+        )
+    seconds = time.perf_counter() - start
+    images = summary["images"]["train"] + summary["images"]["test"]
+    table = Table("label", "prevalence (all slices)")
+    for name, value in summary["prevalence"].items():
+        table.add_row(name, f"{value:.2%}")
+    console.print(table)
+    console.print(
+        f"wrote {images} slices ({summary['images']['train']} train, "
+        f"{summary['images']['test']} test) of {studies} studies to {out} "
+        f"in {seconds:.1f}s ({images / seconds:.0f} slices/s)"
+    )
+
+
+def index(
+    data: Path = typer.Argument(
+        ..., help="Kaggle folder or .zip, a DICOM folder, or an image folder"
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="index parquet to write"),
+    folds: int = typer.Option(0, help="K patient-grouped folds (0: none)"),
+    labels: Path | None = typer.Option(
+        None, help="labels CSV (Kaggle long form, or wide with an 'image' column for image folders)"
+    ),
+    workers: int = typer.Option(1, help="parallel processes"),
+    seed: int = typer.Option(0, help="fold seed"),
+) -> None:
+    """One row per readable image: ids, z, split, source, labels, fold."""
+    from ichdet.data.index import build_index, index_paths, write_index
+    from ichdet.util.progress import progress_bar
+
+    try:
+        with progress_bar(None, "index") as advance:
+            df, errors, report = build_index(
+                data,
+                labels=labels,
+                folds=folds or None,
+                workers=workers,
+                seed=seed,
+                progress=advance,
+                total=advance.set_total,
+            )
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    write_index(df, errors, report, out)
+    _, errors_path, report_path = index_paths(out)
+    console.print(f"indexed {len(df)} images ({report['by_split']}) -> {out}")
+    if "labels_without_images" in report:
+        console.print(
+            f"images without labels: {report['images_without_labels']}, "
+            f"labels without images: {report['labels_without_images']}"
+        )
+    if len(errors):
+        err.print(f"skipped {len(errors)} file(s); reasons in {errors_path}", style="yellow")
+        for source, reason in errors.head(5).itertuples(index=False):
+            err.print(f"  {source}: {reason}")
+
+
+def prepare(
+    index_file: Path = typer.Argument(..., metavar="INDEX", help="index parquet"),
+    out: Path = typer.Option(..., "--out", "-o", help="cache root folder"),
+    size: int = typer.Option(256, help="output rows and columns"),
+    windows: str = typer.Option("brain,subdural,bone", help="windows: preset names or C/W"),
+    window_kind: str = typer.Option("clip", help="clip | sigmoid | blackout_minmax"),
+    fmt: str = typer.Option(
+        "zlib",
+        "--format",
+        help="zlib (default) | png (viewable, smallest) | npy (raw, fastest reads)",
+    ),
+    workers: int = typer.Option(1, help="parallel processes"),
+) -> None:
+    """Resized uint8 window stacks for every indexed image (resumable)."""
+    import time
+
+    from ichdet.data.cache import CacheSettings
+    from ichdet.data.index import read_index
+    from ichdet.data.prepare import cache_size_bytes
+    from ichdet.data.prepare import prepare as run_prepare
+    from ichdet.data.windows import parse_windows
+    from ichdet.util.progress import progress_bar
+
+    try:
+        settings = CacheSettings(
+            size=size, windows=parse_windows(windows), window_kind=window_kind, format=fmt
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    df = read_index(index_file)
+    start = time.perf_counter()
+    with progress_bar(None, "prepare") as advance:
+        directory, written, existing, errors = run_prepare(
+            df,
+            out,
+            settings,
+            workers=workers,
+            progress=advance,
+            total=advance.set_total,
+        )
+    seconds = time.perf_counter() - start
+    rate = f" ({written / seconds:.0f} images/s)" if written else ""
+    console.print(
+        f"cache {directory}: wrote {written}, already there {existing}, "
+        f"failed {len(errors)} in {seconds:.1f}s{rate}; "
+        f"{cache_size_bytes(directory) / 2**20:.1f} MiB"
+    )
+    if len(errors):
+        err.print(
+            f"skipped {len(errors)} image(s); reasons in {directory / 'errors.csv'}",
+            style="yellow",
+        )
+
+
+def eda(
+    index_file: Path = typer.Argument(..., metavar="INDEX", help="index parquet"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for figures and summary.md"),
+) -> None:
+    """Label prevalence, co-occurrence, slices per study, positions, example slices."""
+    from ichdet.data.index import read_index
+    from ichdet.reports.eda import run_eda
+
+    try:
+        files = run_eda(read_index(index_file), out)
+    except ValueError as exc:
+        fail(str(exc))
+    for name, path in files.items():
+        console.print(f"{name}: {path}")

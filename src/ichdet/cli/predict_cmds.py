@@ -1,0 +1,103 @@
+"""``ichdet predict``, ``export`` and ``bench infer``: trained models at work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ichdet.cli.common import console, err, fail
+
+
+def predict(
+    inputs: list[Path] = typer.Argument(
+        ...,
+        metavar="MODEL... INPUT",
+        help="run dirs / checkpoints / one .onnx, then the input:"
+        " Kaggle folder or .zip, index parquet, DICOM folder",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+    tta: bool = typer.Option(False, "--tta", help="average with horizontal flips"),
+    report: bool = typer.Option(False, "--report", help="HTML report per study (heat maps)"),
+    batch_size: int = typer.Option(32),
+    workers: int = typer.Option(1, help="decoding processes (overlap with the model)"),
+    device: str = typer.Option("auto", help="auto | cuda | cpu (torch models)"),
+) -> None:
+    """Per-slice and per-study probabilities (+ Kaggle submission, + HTML reports)."""
+    if len(inputs) < 2:
+        fail("give at least one MODEL and an INPUT")
+    *models, data = inputs
+    from ichdet.inference.predict import predict as run_predict
+    from ichdet.inference.runners import load_runner
+    from ichdet.util.progress import progress_bar
+
+    try:
+        runner = load_runner(models, device=device, tta=tta, batch_size=batch_size)
+        with progress_bar(None, "predict") as advance:
+            result = run_predict(
+                runner,
+                data,
+                out,
+                workers=workers,
+                progress=advance,
+                total=advance.set_total,
+            )
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        fail(str(exc))
+    if result.slices.empty:
+        fail(f"nothing could be predicted; reasons in {result.files['errors']}")
+    flagged = int(result.studies["any_flag"].sum())
+    n_studies = len(result.studies)
+    console.print(
+        f"{len(result.slices)} slices of {n_studies} {'study' if n_studies == 1 else 'studies'} -> "
+        f"{result.files['slices']}, {result.files['studies']} "
+        f"({flagged} flagged for any hemorrhage)"
+    )
+    if result.submission is not None:
+        console.print(
+            f"Kaggle submission: {result.files['submission']} ({len(result.submission)} rows)"
+        )
+    if len(result.errors):
+        err.print(
+            f"skipped {len(result.errors)} file(s); reasons in {result.files['errors']}",
+            style="yellow",
+        )
+    if report:
+        from ichdet.reports.study_reports import write_reports
+
+        paths = write_reports(runner, result, out / "report")
+        console.print(f"{len(paths)} report(s) in {out / 'report'}")
+
+
+def export(
+    models: list[Path] = typer.Argument(
+        ..., help="run dir(s) or checkpoint(s); every fold of a CV run is averaged into one model"
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="the .onnx file to write"),
+    opset: int = typer.Option(20, help="ONNX opset"),
+) -> None:
+    """Export to ONNX (dynamic batch; preprocessing settings in the metadata)."""
+    from ichdet.inference.export import export_onnx
+
+    try:
+        path = export_onnx(models, out, opset=opset)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+def bench_infer(
+    model: str = typer.Option("efficientnet_b0", help="timm model name"),
+    size: int = typer.Option(256),
+    batch_size: int = typer.Option(16),
+    seconds: float = typer.Option(10.0, help="time budget per engine"),
+    channels: int = typer.Option(3),
+) -> None:
+    """torch eager fp32 vs ONNX Runtime on the same model and inputs; prints `ratio`."""
+    from ichdet.inference.bench import bench_inference
+
+    result = bench_inference(model, size, batch_size, seconds, channels, log=console.print)
+    console.print(f"torch eager fp32: {result['torch']:.1f} img/s")
+    console.print(f"onnxruntime:      {result['onnx']:.1f} img/s")
+    console.print(f"max |p_onnx - p_torch| = {result['max_abs_diff']:.2e}")
+    console.print(f"ratio {result['onnx'] / result['torch']:.2f}")

@@ -1,0 +1,116 @@
+"""``ichdet train``: its options are generated from ``TrainConfig``'s fields.
+
+Settings come from three places, later ones winning: the dataclass defaults, a recipe
+(``--config recipe.yaml``, keys = field names), and the flags given on the command line. Every
+option therefore defaults to None here ("not given"); the help shows the real default.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from dataclasses import Field, fields
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ichdet.cli.common import console, fail
+from ichdet.training.config import TrainConfig
+
+#: Fields whose command-line form differs from ``--name VALUE`` of the field's type.
+_CLI_TYPE: dict[str, type] = {"fold": str}  # a number or "all"
+_SHORT = {"out": "-o"}
+_POSITIONAL = "index"
+#: Shown first in --help: what to train on and where; the loop's settings follow.
+_FIRST = ("index", "cache", "out", "fold", "model", "size", "windows", "context")
+
+
+def _base_type(hint: Any) -> type:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return next(t for t in options if t is not type(None))
+
+
+def _parameter(f: Field, hint: Any) -> inspect.Parameter:
+    kind = _CLI_TYPE.get(f.name, _base_type(hint))
+    help_text = f.metadata.get("help", "")
+    if f.name == _POSITIONAL:
+        info: Any = typer.Argument(None, metavar="INDEX", help=f"{help_text} (or in the recipe)")
+    else:
+        flag = "--" + f.name.replace("_", "-")
+        decls = [f"{flag}/--no-{flag[2:]}" if kind is bool else flag]
+        decls += [_SHORT[f.name]] if f.name in _SHORT else []
+        shown = str(f.default) if f.default is not None else False
+        info = typer.Option(None, *decls, help=help_text, show_default=shown)
+    return inspect.Parameter(
+        f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=kind | None
+    )
+
+
+def _config_parameter() -> inspect.Parameter:
+    config = typer.Option(
+        None, "--config", help="a recipe (YAML; keys are the option names with underscores)"
+    )
+    return inspect.Parameter(
+        "config", inspect.Parameter.KEYWORD_ONLY, default=config, annotation=Path | None
+    )
+
+
+def _resume_parameter() -> inspect.Parameter:
+    resume = typer.Option(False, "--resume", help="continue from RUN/last.pt")
+    return inspect.Parameter(
+        "resume", inspect.Parameter.KEYWORD_ONLY, default=resume, annotation=bool
+    )
+
+
+def settings_from(values: dict[str, Any]) -> TrainConfig:
+    """defaults <- recipe (``values["config"]``) <- the flags that were given."""
+    from ichdet.training.config import read_recipe
+
+    config = values.pop("config", None)
+    settings = read_recipe(config) if config else {}
+    settings.update({k: v for k, v in values.items() if v is not None})
+    cfg = TrainConfig.from_dict(settings, source=str(config or "options"))
+    cfg.require("index", "cache", "out")
+    return cfg
+
+
+def train(**values: Any) -> None:
+    """Train EfficientNet (any timm model) on one fold or all folds; validate every epoch."""
+    resume = values.pop("resume")
+    try:
+        cfg = settings_from(values)
+        if cfg.all_folds:
+            from ichdet.training.cv import fit_all
+
+            cv = fit_all(cfg, resume=resume, log=console.print)
+            if cv:
+                console.print(
+                    f"CV weighted log loss {cv['cv_weighted_log_loss']:.4f} "
+                    f"(prior baseline {cv['prior_log_loss']:.4f}) -> {cfg.out}"
+                )
+            return
+        from ichdet.training.slice_task import fit
+
+        report = fit(cfg, resume=resume, log=console.print)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    console.print(
+        f"fold {cfg.fold}: weighted log loss {report['weighted_log_loss']:.4f} "
+        f"(prior baseline {report['prior_log_loss']:.4f}), "
+        f"AUC(any) {report['auc']['any']:.3f} -> {cfg.out}"
+    )
+
+
+def _install_signature() -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    rank = {name: i for i, name in enumerate(_FIRST)}
+    ordered = sorted(fields(TrainConfig), key=lambda f: rank.get(f.name, len(rank)))
+    params = [_parameter(f, hints[f.name]) for f in ordered]
+    params = [params[0], _config_parameter(), *params[1:], _resume_parameter()]
+    train.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+    train.__annotations__ = {p.name: p.annotation for p in params}
+
+
+_install_signature()

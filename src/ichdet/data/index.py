@@ -1,0 +1,255 @@
+"""``ichdet index``: a folder, a Kaggle .zip, or a folder of pre-windowed images -> one table row
+per image (ids, z, split, source, labels, fold).
+
+Header-only DICOM reads, in parallel processes. Unreadable files never stop the run: they are
+returned (and written beside the index) with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ichdet.data.folds import assign_folds
+from ichdet.dicom.read import DicomError, read_meta
+from ichdet.dicom.sources import (
+    IMAGE_SUFFIXES,
+    ZIP_SEP,
+    find_member,
+    list_sources,
+    open_source,
+    open_text,
+    source_stem,
+    split_source,
+)
+from ichdet.labels import LABELS, parse_kaggle_id
+from ichdet.util.atomic import atomic_path, write_text
+from ichdet.util.parallel import map_chunks
+
+ID_COLUMNS = ["image_id", "study_id", "series_id", "patient_id"]
+#: Files that sit beside images in datasets and are not images: skipped without complaint.
+NOT_IMAGES = (".csv", ".json", ".txt", ".md", ".parquet", ".xlsx", ".pdf", ".html", ".npz")
+KAGGLE_LABEL_FILES = ("stage_2_train.csv", "stage_1_train.csv")
+_SPLIT = re.compile(r"(?:^|[_\-/])(train|test)(?:$|[_\-/])", re.IGNORECASE)
+
+
+def split_from_path(source: str) -> str | None:
+    """``stage_2_train/ID_x.dcm`` -> "train" ("test" likewise; None if the path says neither).
+
+    ``source`` is a path relative to the dataset root, or a zip source.
+    """
+    archive, member = split_source(source)
+    parents = str(Path(member if member is not None else archive).parent).replace("\\", "/")
+    found = _SPLIT.findall("/" + parents + "/")
+    return found[-1].lower() if found else None
+
+
+def read_long_labels(text: str) -> tuple[pd.DataFrame, dict]:
+    """Kaggle long-form CSV text (``ID,Label`` rows ``ID_<image>_<label>``) -> wide int table.
+
+    Exact duplicate rows (the real file has them) are dropped; conflicting duplicates keep the
+    maximum and are counted in the returned report.
+    """
+    from io import StringIO
+
+    raw = pd.read_csv(StringIO(text), dtype={"ID": str})
+    if list(raw.columns[:2]) != ["ID", "Label"]:
+        raise ValueError(f"expected columns ID,Label; got {', '.join(map(str, raw.columns))}")
+    exact = int(raw.duplicated().sum())
+    raw = raw.drop_duplicates()
+    parsed = [parse_kaggle_id(i) for i in raw["ID"]]
+    raw["image_id"] = [p[0] for p in parsed]
+    raw["label"] = [p[1] for p in parsed]
+    conflicts = int(raw.duplicated(["image_id", "label"]).sum())
+    wide = raw.pivot_table(index="image_id", columns="label", values="Label", aggfunc="max")
+    missing = [name for name in LABELS if name not in wide.columns]
+    if missing:
+        raise ValueError(f"labels CSV lacks label(s): {', '.join(missing)}")
+    wide = wide[list(LABELS)]
+    incomplete = int(wide.isna().any(axis=1).sum())
+    wide = wide.dropna().astype(np.int8)
+    report = {
+        "duplicate_rows": exact,
+        "conflicting_rows": conflicts,
+        "images_missing_some_labels": incomplete,
+    }
+    return wide, report
+
+
+def read_wide_labels(path: str | os.PathLike) -> pd.DataFrame:
+    """A CSV with column ``image`` (file stem) and one or more label columns -> wide table.
+
+    Optional columns ``study_id``, ``series_id``, ``patient_id`` and ``z`` are kept. Missing
+    label columns stay empty; ``any`` is derived from the subtypes when all five are given.
+    """
+    df = pd.read_csv(path, dtype={"image": str})
+    if "image" not in df.columns:
+        raise ValueError(f"{path}: needs a column 'image' (the file stem)")
+    given = [name for name in LABELS if name in df.columns]
+    if not given:
+        raise ValueError(f"{path}: no label columns (any of {', '.join(LABELS)})")
+    df = df.drop_duplicates("image").set_index("image")
+    df.index.name = "image_id"
+    if "any" not in df.columns and all(n in df.columns for n in LABELS[:-1]):
+        df["any"] = df[list(LABELS[:-1])].max(axis=1)
+    return df
+
+
+def _scan_one(source: str) -> dict | tuple[str, str]:
+    suffix = os.path.splitext(split_source(source)[1] or source)[1].lower()
+    if suffix in NOT_IMAGES:
+        return (source, "")  # silently not an image
+    if suffix in IMAGE_SUFFIXES:
+        return {"image_id": source_stem(source), "source": source, "kind": "image"}
+    try:
+        with open_source(source) as stream:
+            meta = read_meta(stream)
+    except (DicomError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, DicomError) else str(exc)
+        return (source, reason)
+    except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
+        return (source, f"unreadable ({type(exc).__name__}: {exc})")
+    return {
+        "image_id": meta.sop_instance_uid or source_stem(source),
+        "study_id": meta.study_instance_uid,
+        "series_id": meta.series_instance_uid,
+        "patient_id": meta.patient_id,
+        "z": meta.z,
+        "instance_number": meta.instance_number,
+        "rows": meta.rows,
+        "columns": meta.columns,
+        "source": source,
+        "kind": "dicom",
+    }
+
+
+def _scan_chunk(sources: list[str]) -> list[dict | tuple[str, str]]:
+    return [_scan_one(s) for s in sources]
+
+
+def scan(
+    sources: list[str], workers: int = 1, progress: Callable[[int], None] | None = None
+) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Header-read every source; returns (records, errors as (source, reason))."""
+    results = map_chunks(_scan_chunk, sources, workers, progress=progress)
+    records = [r for r in results if isinstance(r, dict)]
+    errors = [r for r in results if isinstance(r, tuple) and r[1]]
+    return records, errors
+
+
+def order_series(df: pd.DataFrame) -> pd.DataFrame:
+    """Sort by study, series and z; add ``slice_index`` and ``series_slices``."""
+    key = df["z"].where(df["z"].notna(), df.get("instance_number", 0).astype(float))
+    df = df.assign(_key=key).sort_values(["study_id", "series_id", "_key", "image_id"])
+    df["slice_index"] = df.groupby(["study_id", "series_id"]).cumcount().astype(np.int32)
+    df["series_slices"] = df.groupby(["study_id", "series_id"])["image_id"].transform("size")
+    return df.drop(columns="_key").reset_index(drop=True)
+
+
+def build_index(
+    data: str | os.PathLike,
+    labels: str | os.PathLike | None = None,
+    folds: int | None = None,
+    workers: int = 1,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+    total: Callable[[int], None] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Index ``data``; returns (index, errors, report). See the module docstring."""
+    sources = list(list_sources(data))
+    total and total(len(sources))
+    records, errors = scan(sources, workers, progress)
+    report: dict = {"files": len(sources), "errors": len(errors)}
+
+    label_table: pd.DataFrame | None = None
+    if labels is not None:
+        text = Path(labels).read_text()
+        if text.startswith("ID,Label"):
+            label_table, report["labels_csv"] = read_long_labels(text)
+        else:
+            label_table = read_wide_labels(labels)
+    else:
+        for name in KAGGLE_LABEL_FILES:
+            found = find_member(data, name)
+            if found:
+                label_table, report["labels_csv"] = read_long_labels(open_text(found))
+                report["labels_file"] = found
+                break
+
+    df = pd.DataFrame(
+        records, columns=[*ID_COLUMNS, "z", "instance_number", "rows", "columns", "source", "kind"]
+    )
+    dup = df.duplicated("image_id")
+    errors += [
+        (s, f"duplicate image id {i}")
+        for s, i in df.loc[dup, ["source", "image_id"]].itertuples(index=False)
+    ]
+    df = df[~dup]
+    for column in ("study_id", "series_id", "patient_id", "z"):
+        if label_table is not None and column in label_table:  # pre-windowed images: from CSV
+            df[column] = df[column].astype(object).fillna(df["image_id"].map(label_table[column]))
+    for column in ("study_id", "series_id", "patient_id"):
+        present = df[column].notna() & (df[column].astype(str) != "")
+        df[column] = df[column].astype(object).where(present, df["image_id"]).astype(str)
+    df["z"] = pd.to_numeric(df["z"])
+    root = Path(data)
+    df["split"] = [
+        split_from_path(s if ZIP_SEP in s else os.path.relpath(s, root)) for s in df["source"]
+    ]
+    for name in LABELS:
+        df[name] = np.nan
+    if label_table is not None:
+        present = [n for n in LABELS if n in label_table.columns]
+        joined = df[["image_id"]].join(label_table[present], on="image_id")
+        df[present] = joined[present].to_numpy(dtype=float)
+        labelled = df["any"].notna() if "any" in present else df[present].notna().any(axis=1)
+        report["images_without_labels"] = int((~labelled & (df["split"] != "test")).sum())
+        report["labels_without_images"] = int((~label_table.index.isin(df["image_id"])).sum())
+    else:
+        labelled = pd.Series(False, index=df.index)
+    df["split"] = df["split"].where(df["split"].notna(), np.where(labelled, "train", "test"))
+    df = order_series(df)
+    if folds:
+        df["fold"] = (
+            assign_folds(df[df["split"] == "train"], folds, seed)
+            .reindex(df.index, fill_value=-1)
+            .astype(np.int64)
+        )
+    report["images"] = int(len(df))
+    report["by_split"] = {k: int(v) for k, v in df["split"].value_counts().items()}
+    errors_df = pd.DataFrame(errors, columns=["source", "reason"])
+    return df, errors_df, report
+
+
+def index_paths(out: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """(index, errors, report) paths: ``X.parquet`` -> ``X.errors.csv``, ``X.report.json``."""
+    out = Path(out)
+    base = out.with_suffix("")
+    return (
+        out,
+        base.with_name(base.name + ".errors.csv"),
+        base.with_name(base.name + ".report.json"),
+    )
+
+
+def write_index(
+    df: pd.DataFrame, errors: pd.DataFrame, report: dict, out: str | os.PathLike
+) -> Path:
+    """Write the index (parquet), its errors (CSV) and report (JSON), each atomically."""
+    index_path, errors_path, report_path = index_paths(out)
+    with atomic_path(index_path) as tmp:
+        df.to_parquet(tmp, index=False)
+    with atomic_path(errors_path) as tmp:
+        errors.to_csv(tmp, index=False)
+    write_text(report_path, json.dumps(report, indent=2) + "\n")
+    return index_path
+
+
+def read_index(path: str | os.PathLike) -> pd.DataFrame:
+    return pd.read_parquet(path)

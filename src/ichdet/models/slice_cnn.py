@@ -1,0 +1,107 @@
+"""The slice CNN: any timm backbone with a 6-logit head, input normalisation built in.
+
+:class:`ICHNet` takes float images in [0, 1] (N x C x H x W, C = windows x context slices) and
+returns logits in LABELS order. Normalisation (the backbone's pretrained mean/std, tiled over the
+window channels) lives inside the model, so exported models and checkpoints need no separate
+preprocessing code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from ichdet.labels import LABELS
+from ichdet.models.registry import register
+
+#: The registry key of this model and of its checkpoints.
+KIND = "slice_cnn"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "tf_efficientnet_b0"
+    in_chans: int = 3
+    drop_path_rate: float = 0.0
+    drop_rate: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ICHNet(nn.Module):
+    """Backbone + head over normalised window stacks; ``forward`` returns (N, 6) logits."""
+
+    def __init__(self, backbone: nn.Module, in_chans: int):
+        super().__init__()
+        self.backbone = backbone
+        cfg = getattr(backbone, "pretrained_cfg", {}) or {}
+        mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
+        std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32)
+        reps = -(-in_chans // len(mean))
+        self.register_buffer("mean", mean.repeat(reps)[:in_chans].view(1, -1, 1, 1))
+        self.register_buffer("std", std.repeat(reps)[:in_chans].view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean) / self.std)
+
+
+def build_model(
+    config: ModelConfig, pretrained: bool = False, weights: str | os.PathLike | None = None
+) -> ICHNet:
+    """Create the model. ``pretrained`` uses timm's hub weights; ``weights`` a local file.
+
+    A local file may be a plain timm state dict, a timm checkpoint (``state_dict``/``model``
+    inside), or an ichdet checkpoint. timm adapts the first convolution to ``in_chans`` and
+    re-initialises the classifier when its shape differs; an ichdet checkpoint whose head or
+    input shape differs loads every tensor that fits and leaves the rest initialised.
+    """
+    kwargs: dict[str, Any] = dict(
+        num_classes=len(LABELS),
+        in_chans=config.in_chans,
+        drop_path_rate=config.drop_path_rate,
+        drop_rate=config.drop_rate,
+    )
+    ichdet_state = None
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"{weights}: weights file not found")
+        loaded = _read_weights(path)
+        if isinstance(loaded, dict) and "ichdet" in loaded:
+            ichdet_state = loaded["model"]
+        else:  # timm's own loader handles state dicts, checkpoints and channel/head adaptation
+            kwargs["pretrained_cfg_overlay"] = {"file": os.fspath(path), "num_classes": 1000}
+            pretrained = True
+    backbone = timm.create_model(config.name, pretrained=pretrained, **kwargs)
+    model = ICHNet(backbone, config.in_chans)
+    if ichdet_state is not None:
+        load_matching(model, ichdet_state)
+    return model
+
+
+def _read_weights(path: Path) -> Any:
+    if path.suffix == ".safetensors":
+        return {}  # timm reads safetensors itself
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load the tensors whose names and shapes match; returns the names that did not."""
+    own = model.state_dict()
+    clean = {k.removeprefix("module."): v for k, v in state.items()}
+    fitting = {k: v for k, v in clean.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fitting, strict=False)
+    return sorted(set(own) - set(fitting))
+
+
+@register(KIND)
+def from_config(config: dict[str, Any]) -> ICHNet:
+    """The registry's builder: a model from a checkpoint's ``model_config``."""
+    return build_model(ModelConfig(**config))

@@ -1,0 +1,188 @@
+"""The slice CNN as a training task: one fold of a timm model on the prepared cache.
+
+Weighted BCE (the metric's label weights), batch augmentation on the training device, and at the
+end ``valid_predictions.csv`` (Kaggle long form) and ``thresholds.json`` (per-label operating
+thresholds for the target sensitivity). Everything else is the shared loop's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ichdet.data.augment import RandomTrainAugment
+from ichdet.data.cache import CacheSettings, read_settings
+from ichdet.data.dataset import SliceDataset
+from ichdet.data.windows import parse_windows
+from ichdet.evaluation.metrics import (
+    evaluate_arrays,
+    operating_thresholds,
+    per_label_auc,
+    to_long,
+    weighted_log_loss,
+)
+from ichdet.labels import LABELS, WEIGHT_VECTOR
+from ichdet.models.slice_cnn import KIND, ModelConfig, build_model
+from ichdet.training.config import TrainConfig
+from ichdet.training.distributed import Runtime
+from ichdet.training.loop import OnStep, train
+from ichdet.util.atomic import atomic_path
+from ichdet.util.jsonio import write_json
+
+
+def weighted_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE with the metric's label weights: equals the weighted log loss of sigmoid(logits)."""
+    w = torch.as_tensor(WEIGHT_VECTOR, device=logits.device)
+    per = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    return (per * w).sum(dim=1).mean() / w.sum()
+
+
+def split_fold(index: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows, validation rows) of the labelled training split for ``fold``."""
+    if "fold" not in index:
+        raise ValueError("the index has no folds; build it with `ichdet index --folds K`")
+    labelled = index[(index["split"] == "train") & index[list(LABELS)].notna().all(axis=1)]
+    folds = sorted(f for f in labelled["fold"].unique() if f >= 0)
+    if fold not in folds:
+        raise ValueError(f"fold {fold} not in the index (folds: {folds})")
+    return labelled[labelled["fold"] != fold], labelled[labelled["fold"] == fold]
+
+
+def resolve_cache(cache: str | os.PathLike, size: int, windows: str) -> Path:
+    """The cache folder for these settings: ``cache`` itself, or its one matching subfolder."""
+    root = Path(cache)
+    wanted = [w.name for w in parse_windows(windows)]
+    candidates = (
+        [root]
+        if (root / "settings.json").is_file()
+        else sorted(p.parent for p in root.glob("*/settings.json"))
+    )
+    matches = [p for p in candidates if _cache_matches(read_settings(p), size, wanted)]
+    if len(matches) == 1:
+        return matches[0]
+    found = ", ".join(p.name for p in candidates) or "none"
+    raise FileNotFoundError(
+        f"{cache}: {'several caches' if matches else 'no cache'} for size {size} and windows "
+        f"{','.join(wanted)} (found: {found}); run `ichdet prepare --size {size}` first"
+    )
+
+
+def _cache_matches(settings: CacheSettings, size: int, windows: list[str]) -> bool:
+    return settings.size == size and [w.name for w in settings.windows] == windows
+
+
+class SliceTask:
+    """One fold of the slice CNN (see ``ichdet.training.loop.Task``)."""
+
+    kind = KIND
+    resume_keys = (
+        "model",
+        "size",
+        "context",
+        "fold",
+        "seed",
+        "batch_size",
+        "accumulate",
+        "windows",
+    )
+    collate: Callable[[list], Any] | None = None
+
+    def __init__(self, cfg: TrainConfig):
+        cfg.require("index", "cache", "out")
+        if cfg.all_folds:
+            raise ValueError("one fold at a time here; `fit_all` trains every fold")
+        self.cfg = cfg
+        self.fold = int(cfg.fold)
+        self.label = f"fold {self.fold}"
+        directory = resolve_cache(str(cfg.cache), cfg.size, cfg.windows)
+        self.settings = read_settings(directory)
+        train_df, valid_df = split_fold(pd.read_parquet(str(cfg.index)), self.fold)
+        self.train_set = SliceDataset(train_df, directory, context=cfg.context)
+        self.valid_set = SliceDataset(valid_df, directory, context=cfg.context)
+        if len(self.train_set) == 0 or len(self.valid_set) == 0:
+            raise ValueError(f"fold {self.fold}: no cached training or validation images")
+        self.y_valid = self.valid_set.labels.numpy()
+        self.model_config = ModelConfig(
+            name=cfg.model, in_chans=self.train_set.channels, drop_path_rate=cfg.drop_path
+        )
+        self._augment: RandomTrainAugment | None = None
+
+    def build_model(self) -> nn.Module:
+        cfg = self.cfg
+        return build_model(self.model_config, pretrained=cfg.pretrained, weights=cfg.weights)
+
+    def _inputs(self, x: torch.Tensor, rt: Runtime, augment: bool) -> torch.Tensor:
+        """uint8 batch -> float in [0, 1] on the device (augmented when training)."""
+        x = x.to(rt.device, non_blocking=True).float().div_(255)
+        if augment and self.cfg.augment:
+            if self._augment is None:
+                self._augment = RandomTrainAugment(self.settings.channels).to(rt.device)
+            x = self._augment(x)
+        return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
+
+    def loss(self, model: nn.Module, batch: Any, rt: Runtime) -> tuple[torch.Tensor, int]:
+        x, y = batch
+        x = self._inputs(x, rt, augment=True)
+        with rt.autocast():
+            logits = model(x)
+        return weighted_bce(logits, y.to(rt.device, non_blocking=True)), len(x)
+
+    def predict(self, model: nn.Module, batch: Any, rt: Runtime) -> torch.Tensor:
+        x = self._inputs(batch[0], rt, augment=False)
+        with rt.autocast():
+            return torch.sigmoid(model(x).float())
+
+    def score(self, probs: np.ndarray) -> dict[str, float]:
+        aucs = per_label_auc(self.y_valid, probs)
+        return {
+            "valid_loss": weighted_log_loss(self.y_valid, probs),
+            **{f"auc_{k}": v for k, v in aucs.items()},
+        }
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {
+            "model_config": self.model_config.to_dict(),
+            "cache_settings": self.settings.to_dict(),
+            "context": self.cfg.context,
+        }
+
+    def run_details(self) -> dict[str, Any]:
+        return {"train_images": len(self.train_set), "valid_images": len(self.valid_set)}
+
+    def report(self, probs: np.ndarray) -> dict[str, Any]:
+        report = evaluate_arrays(
+            self.y_valid, probs, target_sensitivity=self.cfg.target_sensitivity
+        )
+        return {**report, "fold": self.fold}
+
+    def write_outputs(self, out: Path, probs: np.ndarray) -> None:
+        frame = to_long(self.valid_set.index["image_id"].tolist(), probs)
+        with atomic_path(out / "valid_predictions.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+        target = self.cfg.target_sensitivity
+        write_json(
+            out / "thresholds.json",
+            {
+                "target_sensitivity": target,
+                "source": "validation",
+                "labels": operating_thresholds(self.y_valid, probs, target),
+            },
+        )
+
+
+def fit(
+    cfg: TrainConfig,
+    resume: bool = False,
+    on_step: OnStep | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train one fold of the slice CNN into ``cfg.out``; returns its metrics (metrics.json)."""
+    return train(SliceTask(cfg), cfg, resume=resume, on_step=on_step, log=log)
