@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-all demo lint format bench clean
+.PHONY: install test test-fast demo lint format bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,7 @@ install: $(BIN)/.installed
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format src tests benchmarks
@@ -22,6 +23,10 @@ format: install
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# the quick loop while editing: everything but the tests marked slow
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: install
 	$(BIN)/ichdet demo
@@ -31,4 +36,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_dataset.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

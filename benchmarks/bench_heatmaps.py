@@ -23,7 +23,7 @@ from ichdet.data.index import build_index, read_long_labels
 from ichdet.inference.predict import series_inputs
 from ichdet.inference.runners import load_runner
 from ichdet.labels import LABELS, SUBTYPES
-from ichdet.reports.html import HeatMapper, heatmap_peak
+from ichdet.reports.heatmaps import HeatMapper, heatmap_peak
 
 
 def positive_cases(

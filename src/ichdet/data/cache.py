@@ -110,7 +110,8 @@ def decode(data: bytes | np.ndarray, fmt: str, channels: int) -> np.ndarray:
             raise ValueError("corrupt PNG cache entry")
         h, cw = tiled.shape
         return np.ascontiguousarray(tiled.reshape(h, channels, cw // channels).transpose(1, 0, 2))
-    raw = zlib.decompress(data) if fmt == "zlib" else bytes(data)
+    buffer = data if isinstance(data, bytes) else data.tobytes()
+    raw = zlib.decompress(buffer) if fmt == "zlib" else buffer
     return np.load(io.BytesIO(raw), allow_pickle=False)
 
 

@@ -152,6 +152,61 @@ def order_series(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns="_key").reset_index(drop=True)
 
 
+def find_labels(
+    data: str | os.PathLike, labels: str | os.PathLike | None, report: dict
+) -> pd.DataFrame | None:
+    """The label table: ``labels`` (long or wide form), else the Kaggle CSV found in ``data``."""
+    if labels is not None:
+        text = Path(labels).read_text()
+        if text.startswith("ID,Label"):
+            table, report["labels_csv"] = read_long_labels(text)
+            return table
+        return read_wide_labels(labels)
+    for name in KAGGLE_LABEL_FILES:
+        found = find_member(data, name)
+        if found:
+            table, report["labels_csv"] = read_long_labels(open_text(found))
+            report["labels_file"] = found
+            return table
+    return None
+
+
+def _drop_duplicates(df: pd.DataFrame, errors: list) -> pd.DataFrame:
+    dup = df.duplicated("image_id")
+    errors += [
+        (s, f"duplicate image id {i}")
+        for s, i in df.loc[dup, ["source", "image_id"]].itertuples(index=False)
+    ]
+    return df[~dup]
+
+
+def _fill_ids(df: pd.DataFrame, label_table: pd.DataFrame | None) -> pd.DataFrame:
+    """Ids from the labels CSV where headers had none (image folders), else the image id."""
+    for column in ("study_id", "series_id", "patient_id", "z"):
+        if label_table is not None and column in label_table:
+            df[column] = df[column].astype(object).fillna(df["image_id"].map(label_table[column]))
+    for column in ("study_id", "series_id", "patient_id"):
+        present = df[column].notna() & (df[column].astype(str) != "")
+        df[column] = df[column].astype(object).where(present, df["image_id"]).astype(str)
+    df["z"] = pd.to_numeric(df["z"])
+    return df
+
+
+def _join_labels(df: pd.DataFrame, label_table: pd.DataFrame | None, report: dict) -> pd.Series:
+    """Label columns joined onto ``df`` (NaN where unknown); returns which rows are labelled."""
+    for name in LABELS:
+        df[name] = np.nan
+    if label_table is None:
+        return pd.Series(False, index=df.index)
+    present = [n for n in LABELS if n in label_table.columns]
+    joined = df[["image_id"]].join(label_table[present], on="image_id")
+    df[present] = joined[present].to_numpy(dtype=float)
+    labelled = df["any"].notna() if "any" in present else df[present].notna().any(axis=1)
+    report["images_without_labels"] = int((~labelled & (df["split"] != "test")).sum())
+    report["labels_without_images"] = int((~label_table.index.isin(df["image_id"])).sum())
+    return labelled
+
+
 def build_index(
     data: str | os.PathLike,
     labels: str | os.PathLike | None = None,
@@ -166,53 +221,16 @@ def build_index(
     total and total(len(sources))
     records, errors = scan(sources, workers, progress)
     report: dict = {"files": len(sources), "errors": len(errors)}
-
-    label_table: pd.DataFrame | None = None
-    if labels is not None:
-        text = Path(labels).read_text()
-        if text.startswith("ID,Label"):
-            label_table, report["labels_csv"] = read_long_labels(text)
-        else:
-            label_table = read_wide_labels(labels)
-    else:
-        for name in KAGGLE_LABEL_FILES:
-            found = find_member(data, name)
-            if found:
-                label_table, report["labels_csv"] = read_long_labels(open_text(found))
-                report["labels_file"] = found
-                break
-
+    label_table = find_labels(data, labels, report)
     df = pd.DataFrame(
         records, columns=[*ID_COLUMNS, "z", "instance_number", "rows", "columns", "source", "kind"]
     )
-    dup = df.duplicated("image_id")
-    errors += [
-        (s, f"duplicate image id {i}")
-        for s, i in df.loc[dup, ["source", "image_id"]].itertuples(index=False)
-    ]
-    df = df[~dup]
-    for column in ("study_id", "series_id", "patient_id", "z"):
-        if label_table is not None and column in label_table:  # pre-windowed images: from CSV
-            df[column] = df[column].astype(object).fillna(df["image_id"].map(label_table[column]))
-    for column in ("study_id", "series_id", "patient_id"):
-        present = df[column].notna() & (df[column].astype(str) != "")
-        df[column] = df[column].astype(object).where(present, df["image_id"]).astype(str)
-    df["z"] = pd.to_numeric(df["z"])
+    df = _fill_ids(_drop_duplicates(df, errors), label_table)
     root = Path(data)
     df["split"] = [
         split_from_path(s if ZIP_SEP in s else os.path.relpath(s, root)) for s in df["source"]
     ]
-    for name in LABELS:
-        df[name] = np.nan
-    if label_table is not None:
-        present = [n for n in LABELS if n in label_table.columns]
-        joined = df[["image_id"]].join(label_table[present], on="image_id")
-        df[present] = joined[present].to_numpy(dtype=float)
-        labelled = df["any"].notna() if "any" in present else df[present].notna().any(axis=1)
-        report["images_without_labels"] = int((~labelled & (df["split"] != "test")).sum())
-        report["labels_without_images"] = int((~label_table.index.isin(df["image_id"])).sum())
-    else:
-        labelled = pd.Series(False, index=df.index)
+    labelled = _join_labels(df, label_table, report)
     df["split"] = df["split"].where(df["split"].notna(), np.where(labelled, "train", "test"))
     df = order_series(df)
     if folds:
@@ -223,8 +241,7 @@ def build_index(
         )
     report["images"] = int(len(df))
     report["by_split"] = {k: int(v) for k, v in df["split"].value_counts().items()}
-    errors_df = pd.DataFrame(errors, columns=["source", "reason"])
-    return df, errors_df, report
+    return df, pd.DataFrame(errors, columns=["source", "reason"]), report
 
 
 def index_paths(out: str | os.PathLike) -> tuple[Path, Path, Path]:

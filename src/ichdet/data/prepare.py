@@ -31,8 +31,10 @@ def image_stack(source: str, settings: CacheSettings) -> np.ndarray:
     img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError("not a readable PNG/JPEG image")
-    if img.dtype != np.uint8:
-        img = (img / (np.iinfo(img.dtype).max / 255.0)).astype(np.uint8)
+    if img.dtype == np.uint16:
+        img = (img / 257.0).astype(np.uint8)  # 65535 -> 255
+    elif img.dtype != np.uint8:
+        raise ValueError(f"unsupported image sample type {img.dtype}")
     if img.ndim == 2:
         img = resize_image(img, settings.size)
         return np.repeat(img[None], settings.channels, axis=0)

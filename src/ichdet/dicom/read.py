@@ -177,7 +177,7 @@ def _dcmread(source: Source, *, header_only: bool) -> pydicom.Dataset:
         except InvalidDicomError:
             # Some writers omit the 128-byte preamble; accept such files only if they parse into
             # something that looks like an image header.
-            if start is not None:
+            if start is not None and not isinstance(readable, str):
                 readable.seek(start)
             ds = pydicom.dcmread(readable, force=True, **kwargs)
             if "SOPInstanceUID" not in ds and "Rows" not in ds and "PixelData" not in ds:

@@ -11,6 +11,7 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     CTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -56,17 +57,9 @@ def ct_dataset(
         stored = np.asarray(stored)
         if pixel_representation is None:
             pixel_representation = 1 if stored.dtype.kind == "i" else 0
-        dtype = np.int16 if pixel_representation == 1 else np.uint16
         sop = sop_instance_uid or generate_uid()
-
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop
-        meta.TransferSyntaxUID = transfer_syntax
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-
         ds = pydicom.Dataset()
-        ds.file_meta = meta
+        ds.file_meta = _file_meta(sop, transfer_syntax)
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = sop
         ds.StudyInstanceUID = study_instance_uid or generate_uid()
@@ -78,27 +71,47 @@ def ct_dataset(
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
         ds.PixelSpacing = [f"{v:.6f}" for v in pixel_spacing]
         ds.SliceThickness = f"{slice_thickness:.6f}"
-        ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = photometric
-        ds.Rows, ds.Columns = stored.shape
-        ds.BitsAllocated = 16
-        ds.BitsStored = bits_stored
-        ds.HighBit = bits_stored - 1
-        ds.PixelRepresentation = pixel_representation
         ds.RescaleIntercept = intercept if isinstance(intercept, str) else f"{intercept:g}"
         ds.RescaleSlope = f"{slope:g}"
         ds.RescaleType = "HU"
         ds.WindowCenter = window_center
         ds.WindowWidth = window_width
-        if padding_value is not None:
-            # PixelPaddingValue's VR (US or SS) follows PixelRepresentation.
-            ds.add_new(0x00280120, "SS" if pixel_representation == 1 else "US", int(padding_value))
-        data = stored.astype(dtype)
-        if transfer_syntax == ExplicitVRBigEndian:
-            data = data.astype(data.dtype.newbyteorder(">"))
-        ds.PixelData = data.tobytes()
-        ds["PixelData"].VR = "OW"
+        _set_pixels(ds, stored, bits_stored, pixel_representation, padding_value)
     return ds
+
+
+def _file_meta(sop: str, transfer_syntax: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = UID(sop)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    return meta
+
+
+def _set_pixels(
+    ds: pydicom.Dataset,
+    stored: np.ndarray,
+    bits_stored: int,
+    pixel_representation: int,
+    padding_value: int | None,
+) -> None:
+    """The image pixel module: 16-bit words in the byte order of the transfer syntax."""
+    ds.SamplesPerPixel = 1
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = pixel_representation
+    if padding_value is not None:
+        # PixelPaddingValue's VR (US or SS) follows PixelRepresentation.
+        ds.add_new(0x00280120, "SS" if pixel_representation == 1 else "US", int(padding_value))
+    data = stored.astype(np.int16 if pixel_representation == 1 else np.uint16)
+    if ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian:
+        data = data.astype(data.dtype.newbyteorder(">"))
+    ds.PixelData = data.tobytes()
+    ds["PixelData"].VR = "OW"
 
 
 def save_dataset(ds: pydicom.Dataset, path: str | os.PathLike) -> Path:

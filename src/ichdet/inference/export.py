@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -34,7 +35,9 @@ class Probabilities(nn.Module):
         return torch.stack([torch.sigmoid(m(x)) for m in self.models]).mean(0)
 
 
-def export_onnx(models: list[str | os.PathLike], out: str | os.PathLike, opset: int = 20) -> Path:
+def export_onnx(
+    models: Sequence[str | os.PathLike], out: str | os.PathLike, opset: int = 20
+) -> Path:
     """Export run dirs / checkpoints to ``out``; returns the path."""
     import onnx
 

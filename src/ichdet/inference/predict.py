@@ -24,6 +24,7 @@ from ichdet.data.prepare import dicom_stack, image_stack
 from ichdet.dicom.read import DicomError
 from ichdet.dicom.sources import find_member, open_text
 from ichdet.evaluation.metrics import from_long, to_long
+from ichdet.inference.runners import Runner
 from ichdet.labels import LABELS
 from ichdet.util.atomic import atomic_path
 
@@ -122,8 +123,43 @@ def study_table(slices: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def score_series(
+    runner: Runner,
+    index: pd.DataFrame,
+    workers: int,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Probabilities for every row of ``index``, series by series (decoded ahead in
+    ``workers`` processes); returns (image_id + six labels, errors)."""
+    series = [
+        list(g[["image_id", "source", "kind"]].itertuples(index=False, name=None))
+        for _, g in index.groupby(["study_id", "series_id"], sort=False)
+    ]
+    spec = runner.spec
+    ids: list[str] = []
+    probs: list[np.ndarray] = []
+    errors: list[tuple[str, str]] = []
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        for series_ids, volume, errs in _decode_ahead(
+            pool, series, spec.settings, spec.context, depth=2 * max(1, workers)
+        ):
+            errors += errs
+            if volume is not None:
+                probs.append(runner(volume))
+                ids += series_ids
+            if progress:
+                progress(len(series_ids) + len(errs))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    table = pd.DataFrame(np.concatenate(probs) if probs else np.zeros((0, 6)), columns=LABELS)
+    table.insert(0, "image_id", ids)
+    return table, errors
+
+
 def predict(
-    runner,
+    runner: Runner,
     data: str | os.PathLike,
     out: str | os.PathLike,
     workers: int = 1,
@@ -141,48 +177,21 @@ def predict(
         total(len(index))
     if "kind" not in index:
         index = index.assign(kind="dicom")
-    spec = runner.spec
-    series = [
-        list(g[["image_id", "source", "kind"]].itertuples(index=False, name=None))
-        for _, g in index.groupby(["study_id", "series_id"], sort=False)
-    ]
-    error_rows = list(errors.itertuples(index=False, name=None))
-    ids: list[str] = []
-    probs: list[np.ndarray] = []
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
-    try:
-        for series_ids, volume, errs in _decode_ahead(
-            pool, series, spec.settings, spec.context, depth=2 * max(1, workers)
-        ):
-            error_rows += errs
-            if volume is not None:
-                probs.append(runner(volume))
-                ids += series_ids
-            if progress:
-                progress(len(series_ids) + len(errs))
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    table = pd.DataFrame(np.concatenate(probs) if probs else np.zeros((0, 6)), columns=LABELS)
-    table.insert(0, "image_id", ids)
+    table, errs = score_series(runner, index, workers, progress)
     meta = index.set_index("image_id")[["study_id", "series_id", "z"]]
     slices = table.join(meta, on="image_id")[["image_id", "study_id", "series_id", "z", *LABELS]]
     studies = study_table(slices, runner.thresholds)
-    errors_df = pd.DataFrame(error_rows, columns=["source", "reason"])
-    files = {
-        "slices": out / "slices.csv",
-        "studies": out / "studies.csv",
-        "errors": out / "errors.csv",
-    }
-    for key, frame in (("slices", slices), ("studies", studies), ("errors", errors_df)):
+    errors_df = pd.DataFrame(
+        [*errors.itertuples(index=False, name=None), *errs], columns=["source", "reason"]
+    )
+    outputs = {"slices": slices, "studies": studies, "errors": errors_df}
+    submission = kaggle_submission(slices, sample) if sample is not None else None
+    if submission is not None:
+        outputs["submission"] = submission
+    files = {key: out / f"{key}.csv" for key in outputs}
+    for key, frame in outputs.items():
         with atomic_path(files[key]) as tmp:
             frame.to_csv(tmp, index=False)
-    submission = None
-    if sample is not None:
-        submission = kaggle_submission(slices, sample)
-        files["submission"] = out / "submission.csv"
-        with atomic_path(files["submission"]) as tmp:
-            submission.to_csv(tmp, index=False)
     return PredictResult(index, slices, studies, errors_df, submission, files)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -162,7 +163,10 @@ class OnnxRunner:
 
 
 def load_runner(
-    models: list[str | os.PathLike], device: str = "auto", tta: bool = False, batch_size: int = 32
+    models: Sequence[str | os.PathLike],
+    device: str = "auto",
+    tta: bool = False,
+    batch_size: int = 32,
 ) -> Runner:
     """``.onnx`` -> OnnxRunner; run dirs / checkpoints -> TorchRunner (ensembled)."""
     paths = [Path(m) for m in models]

@@ -9,6 +9,7 @@ before kinds existed hold a slice CNN and read as ``kind: slice_cnn``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def inference_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     return ckpt.get("ema") or ckpt["model"]
 
 
-def find_checkpoints(model_paths: list[str | os.PathLike]) -> list[Path]:
+def find_checkpoints(model_paths: Sequence[str | os.PathLike]) -> list[Path]:
     """Run dirs (with or without folds) and checkpoint files -> the checkpoints to use.
 
     A run dir contributes its ``best.pt`` (``last.pt`` if no best), and a run of all folds

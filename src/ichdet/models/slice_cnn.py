@@ -48,6 +48,9 @@ class ICHNet(nn.Module):
         self.register_buffer("mean", mean.repeat(reps)[:in_chans].view(1, -1, 1, 1))
         self.register_buffer("std", std.repeat(reps)[:in_chans].view(1, -1, 1, 1))
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone((x - self.mean) / self.std)
 

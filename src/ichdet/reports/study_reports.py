@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ichdet.inference.predict import PredictResult, series_inputs
 from ichdet.inference.runners import Runner
-from ichdet.reports.html import HeatMapper, study_report
+from ichdet.reports.heatmaps import HeatMapper
+from ichdet.reports.html import study_report
 
 
 def write_reports(runner: Runner, result: PredictResult, out: str | os.PathLike) -> list[Path]:
@@ -25,7 +28,7 @@ def write_reports(runner: Runner, result: PredictResult, out: str | os.PathLike)
     paths = []
     for _, summary in result.studies.iterrows():
         study = result.slices[result.slices["study_id"] == summary["study_id"]]
-        inputs = {}
+        inputs: dict[str, np.ndarray] = {}
         if heatmapper is not None:
             in_study = index[index["study_id"] == summary["study_id"]]
             for _, series in in_study.groupby("series_id", sort=False):

@@ -332,12 +332,24 @@ def _lesion_mask(
         ys = grid.y[v]
         cut = ys.max() - (1 - lesion.level) * (ys.max() - ys.min())  # dependent layering
         return v & (grid.y >= cut) & brain
-    if kind == "subarachnoid" and lesion.cisternal:
-        return cisterns & brain
     if kind == "subarachnoid":
-        sector = _angle_distance(grid.phi, lesion.angle) < lesion.angular_radius * math.sqrt(
-            max(0.0, 1 - dz**2)
-        )
-        # blood fills the sulci and the subarachnoid space over the convexity of a sector
-        return (sulci | (brain & (cortex < 2.5))) & sector & (cortex > 0.3)
+        return _subarachnoid(lesion, grid, dz, brain, cortex, sulci, cisterns)
     raise ValueError(f"unknown subtype {kind!r}")
+
+
+def _subarachnoid(
+    lesion: Lesion,
+    grid: Grid,
+    dz: float,
+    brain: np.ndarray,
+    cortex: np.ndarray,
+    sulci: np.ndarray,
+    cisterns: np.ndarray,
+) -> np.ndarray:
+    if lesion.cisternal:
+        return cisterns & brain
+    sector = _angle_distance(grid.phi, lesion.angle) < lesion.angular_radius * math.sqrt(
+        max(0.0, 1 - dz**2)
+    )
+    # blood fills the sulci and the subarachnoid space over the convexity of a sector
+    return (sulci | (brain & (cortex < 2.5))) & sector & (cortex > 0.3)

@@ -166,7 +166,7 @@ def render_study(job: StudyJob, out: Path, size: int, masks: bool) -> list[dict]
         z = plan.slice_z(int(k))
         ds = ct_dataset(
             stored,
-            position=design.origin + z * normal,
+            position=tuple(design.origin + z * normal),
             orientation=orientation,
             pixel_spacing=(plan.spacing, plan.spacing),
             slice_thickness=plan.thickness,
@@ -183,7 +183,7 @@ def render_study(job: StudyJob, out: Path, size: int, masks: bool) -> list[dict]
         save_dataset(ds, folder / f"{sop}.dcm")
         if masks and lesion_masks:
             with atomic_path(out / "masks" / f"{sop}.npz") as tmp, open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **lesion_masks)
+                np.savez_compressed(fh, **lesion_masks)  # type: ignore[arg-type]
         labels = {name: int(name in lesion_masks) for name in SUBTYPES}
         labels["any"] = max(labels.values())
         records.append(
@@ -208,6 +208,33 @@ def _long_form(records: list[dict], value: Callable[[dict, str], str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_all(
+    jobs: list[StudyJob],
+    out: Path,
+    size: int,
+    masks: bool,
+    workers: int,
+    progress: Callable[[int], None] | None,
+) -> list[dict]:
+    """Render every study (in ``workers`` processes); records in job order, each study by z."""
+    results: dict[int, list[dict]] = {}
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(render_study, j, out, size, masks): j.index for j in jobs}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                progress and progress(len(results[futures[future]]))
+    else:
+        for job in jobs:
+            results[job.index] = render_study(job, out, size, masks)
+            progress and progress(len(results[job.index]))
+    records = [r for j in jobs for r in sorted(results[j.index], key=lambda r: r["z"])]
+    ids = [r["image_id"] for r in records]
+    if len(set(ids)) != len(ids):  # 9 hex digits: a clash is ~1e-5 likely at 10^4 images
+        raise RuntimeError("synthetic image ids clash; choose another seed")
+    return records
+
+
 def synthesize(
     out: str | os.PathLike,
     studies: int = 30,
@@ -227,21 +254,7 @@ def synthesize(
     for split in ("train", "test"):
         (out / f"stage_2_{split}").mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(studies, seed, test_fraction)
-    results: dict[int, list[dict]] = {}
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(render_study, j, out, size, masks): j.index for j in jobs}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                progress and progress(len(results[futures[future]]))
-    else:
-        for job in jobs:
-            results[job.index] = render_study(job, out, size, masks)
-            progress and progress(len(results[job.index]))
-    records = [r for j in jobs for r in sorted(results[j.index], key=lambda r: r["z"])]
-    ids = [r["image_id"] for r in records]
-    if len(set(ids)) != len(ids):  # 9 hex digits: a clash is ~1e-5 likely at 10^4 images
-        raise RuntimeError("synthetic image ids clash; choose another seed")
+    records = render_all(jobs, out, size, masks, workers, progress)
     train = [r for r in records if r["split"] == "train"]
     test = [r for r in records if r["split"] == "test"]
     # the real stage_2_train.csv repeats some rows; so does ours (one image in 200)
@@ -252,14 +265,9 @@ def synthesize(
     )
     write_text(out / "stage_2_sample_submission.csv", _long_form(test, lambda r, name: "0.5"))
     write_text(out / "stage_2_test_labels.csv", _long_form(test, lambda r, name: str(r[name])))
+    settings = dict(studies=studies, seed=seed, size=size, test_fraction=test_fraction, masks=masks)
     summary = {
-        "settings": {
-            "studies": studies,
-            "seed": seed,
-            "size": size,
-            "test_fraction": test_fraction,
-            "masks": masks,
-        },
+        "settings": settings,
         "images": {"train": len(train), "test": len(test)},
         "studies": {
             "train": len({r["study_id"] for r in train}),

@@ -45,12 +45,31 @@ Log = Callable[[str], None]
 class Task(Protocol):
     """What one kind of model brings to the loop: data, model, loss, scores, outputs."""
 
-    kind: str  #: the model registry key, saved in checkpoints
-    label: str  #: names the run in log lines, e.g. "fold 0"
-    resume_keys: tuple[str, ...]  #: config fields that must match to resume
-    train_set: Dataset
-    valid_set: Dataset
-    collate: Callable[[list], Any] | None
+    @property
+    def kind(self) -> str:
+        """The model registry key, saved in checkpoints."""
+        ...
+
+    @property
+    def label(self) -> str:
+        """Names the run in log lines, e.g. "fold 0"."""
+        ...
+
+    @property
+    def resume_keys(self) -> tuple[str, ...]:
+        """Config fields that must match to resume."""
+        ...
+
+    @property
+    def train_set(self) -> Dataset: ...
+
+    @property
+    def valid_set(self) -> Dataset: ...
+
+    @property
+    def collate(self) -> Callable[[list], Any] | None:
+        """The DataLoader's collate_fn (None: torch's default)."""
+        ...
 
     def build_model(self) -> nn.Module: ...
 
@@ -146,7 +165,7 @@ def build_state(task: Task, cfg: LoopConfig, rt: Runtime, schedule: Schedule) ->
     seed_everything(cfg.seed)
     model = task.build_model().to(rt.device)
     if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = CosineLRScheduler(
         optimizer,
@@ -236,7 +255,9 @@ def predict_dataset(
 ) -> np.ndarray:
     """The task's probabilities for every sample of ``dataset`` in order, across ranks."""
     d = rt.dist
-    sampler = DistributedSampler(dataset, d.world, d.rank, shuffle=False) if d.active else None
+    sampler: DistributedSampler | None = None
+    if d.active:
+        sampler = DistributedSampler(dataset, d.world, d.rank, shuffle=False)
     loader = DataLoader(
         dataset,
         batch_size=cfg.batch_size * 2,
@@ -326,7 +347,7 @@ def train(
         details = {"world_size": rt.dist.world, "device": str(rt.device), "amp": rt.amp}
         write_run_config(out, cfg, {**meta, **details, **task.run_details()})
     d = rt.dist
-    sampler = DistributedSampler(
+    sampler: DistributedSampler = DistributedSampler(
         task.train_set, d.world, d.rank, shuffle=True, seed=cfg.seed, drop_last=d.active
     )
     while state.epochs_done < cfg.epochs:

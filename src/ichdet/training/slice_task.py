@@ -83,7 +83,7 @@ class SliceTask:
     """One fold of the slice CNN (see ``ichdet.training.loop.Task``)."""
 
     kind = KIND
-    resume_keys = (
+    resume_keys: tuple[str, ...] = (
         "model",
         "size",
         "context",

@@ -25,7 +25,10 @@ class Bar:
 
     def __call__(self, n: int = 1, **fields: object) -> None:
         status = " ".join(f"{k}={v}" for k, v in fields.items())
-        self._progress.update(self._task, advance=n, **({"status": status} if fields else {}))
+        if fields:
+            self._progress.update(self._task, advance=n, status=status)
+        else:
+            self._progress.update(self._task, advance=n)
 
     def set_total(self, total: int) -> None:
         self._progress.update(self._task, total=total)
