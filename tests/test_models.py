@@ -85,3 +85,58 @@ def test_window_jitter_is_an_affine_window_change():
     aug = RandomTrainAugment(windows=3)
     y = aug(torch.rand(2, 9, 32, 32))
     assert y.shape == (2, 9, 32, 32) and y.min() >= 0 and y.max() <= 1
+
+
+def _v01_checkpoint(model, size: int = 32) -> dict:
+    """The dict that ichdet 0.1 (flat modules, before checkpoints had a kind) saved as best.pt."""
+    from ichdet.data.cache import CacheSettings
+
+    return {
+        "ichdet": 1,
+        "train_config": {"model": TINY, "size": size, "fold": 0, "context": 0, "seed": 0},
+        "model_config": ModelConfig(name=TINY, in_chans=3).to_dict(),
+        "cache_settings": CacheSettings(size=size).to_dict(),
+        "context": 0,
+        "model": model.state_dict(),
+        "ema": None,
+        "epoch": 1,
+        "valid_loss": 0.5,
+    }
+
+
+def test_a_checkpoint_from_before_the_layout_still_predicts(tmp_path):
+    import numpy as np
+
+    from ichdet.inference.runners import load_runner
+    from ichdet.models.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=TINY, in_chans=3)).eval()
+    (tmp_path / "run").mkdir()
+    torch.save(_v01_checkpoint(model), tmp_path / "run" / "best.pt")
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["kind"] == "slice_cnn"
+    runner = load_runner([tmp_path / "run"], device="cpu")
+    x = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    with torch.no_grad():
+        expected = torch.sigmoid(model(torch.from_numpy(x).float() / 255)).numpy()
+    np.testing.assert_allclose(runner(x), expected, atol=1e-6)
+    assert runner.heatmap_model() is runner.models[0]
+
+
+def test_the_registry_dispatches_on_kind(tmp_path):
+    import pytest
+
+    from ichdet.inference.runners import load_runner
+    from ichdet.models import registry
+    from ichdet.models.slice_cnn import ICHNet
+
+    ckpt = _v01_checkpoint(build_model(ModelConfig(name=TINY, in_chans=3)))
+    assert isinstance(registry.model_from_checkpoint({**ckpt, "kind": "slice_cnn"}), ICHNet)
+    assert "slice_cnn" in registry.kinds()
+    with pytest.raises(ValueError, match="unknown model kind 'nonsense'"):
+        registry.build("nonsense", {})
+    with pytest.raises(ValueError, match="must say its model kind"):
+        save_checkpoint(tmp_path / "x.pt", {"model": {}})
+    save_checkpoint(tmp_path / "seq.pt", {**ckpt, "kind": "sequence"})
+    with pytest.raises(ValueError, match="a sequence checkpoint; this runner takes slice CNNs"):
+        load_runner([tmp_path / "seq.pt"], device="cpu")

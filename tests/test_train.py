@@ -15,7 +15,7 @@ from ichdet.data.prepare import prepare
 from ichdet.labels import LABELS
 from ichdet.models.checkpoint import load_checkpoint
 from ichdet.synth.studies import synthesize
-from ichdet.training.config import TrainConfig
+from ichdet.training.config import TrainConfig, read_recipe
 from ichdet.training.cv import fit_all
 from ichdet.training.slice_task import fit, resolve_cache
 
@@ -189,3 +189,35 @@ def test_torchrun_two_cpu_processes(prepared, tmp_path):
     preds = pd.read_csv(out / "valid_predictions.csv")
     assert len(preds) == 6 * len(valid)  # validation gathered across both ranks, no duplicates
     assert pd.read_csv(out / "log.csv")["epoch"].tolist() == [1]
+
+
+def test_recipe_with_a_flag_override_and_the_runs_own_recipe_reproduces_it(prepared, tmp_path):
+    root, index = prepared
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        f"index: {index}\ncache: {root / 'cache'}\nout: {tmp_path / 'a'}\n"
+        "model: test_efficientnet\nsize: 32\nbatch_size: 16\nworkers: 0\nlr: 3e-3\nepochs: 3\n"
+    )
+    result = runner.invoke(app, ["train", "--config", str(recipe), "--epochs", "1", "--ema", "0.9"])
+    assert result.exit_code == 0, result.output
+    written = read_recipe(tmp_path / "a" / "config.yaml")
+    assert (written["epochs"], written["ema"], written["lr"]) == (1, 0.9, 3e-3)
+    assert pd.read_csv(tmp_path / "a" / "log.csv")["epoch"].tolist() == [1]
+    again = ["train", "--config", str(tmp_path / "a" / "config.yaml"), "--out", str(tmp_path / "b")]
+    result = runner.invoke(app, again)
+    assert result.exit_code == 0, result.output
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["kind"] == b["kind"] == "slice_cnn"
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    assert read_recipe(tmp_path / "b" / "config.yaml") == {**written, "out": str(tmp_path / "b")}
+
+
+def test_train_names_a_bad_recipe_setting(prepared, tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("epochs: three\n")
+    result = runner.invoke(app, ["train", "--config", str(recipe)])
+    assert result.exit_code == 1
+    assert "bad.yaml: epochs: 'three' is not int" in result.output
