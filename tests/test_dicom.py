@@ -19,9 +19,10 @@ from ichdet.dicom.read import (
     FIX_RSNA_12BIT,
     DicomError,
     read_meta,
+    read_hu,
     read_slice,
-    slice_z,
 )
+from ichdet.dicom.header import slice_z
 from ichdet.dicom.write import ct_dataset, save_dataset
 
 
@@ -270,3 +271,35 @@ def test_rgb_wrong_modality_and_multiframe(tmp_path, hu_image):
 def test_dicom_error_is_a_value_error():
     err = DicomError("x.dcm", "broken")
     assert isinstance(err, ValueError) and str(err) == "x.dcm: broken" and err.reason == "broken"
+
+
+@pytest.mark.parametrize(
+    ("stored_from_hu", "kwargs"),
+    [
+        (lambda h: np.mod(h, 4096).astype(np.uint16), {"intercept": 0, "bits_stored": 12}),
+        (lambda h: (h + 1024).astype(np.int16), {"padding_value": -2000}),
+        (
+            lambda h: (4095 - (h + 1024)).astype(np.uint16),
+            {"bits_stored": 12, "intercept": -1024, "photometric": "MONOCHROME1"},
+        ),
+        (lambda h: ((h + 1024) // 2).astype(np.int16), {"slope": 2.0, "intercept": "-1024.000"}),
+    ],
+    ids=["rsna-12bit", "padding", "monochrome1", "slope"],
+)
+def test_read_hu_is_read_slice_hu(write_ct, hu_image, stored_from_hu, kwargs):
+    stored = stored_from_hu(hu_image)
+    if "padding_value" in kwargs:
+        stored[:2, :2] = -2000
+    path = write_ct("x.dcm", stored, **kwargs)
+    expected = read_slice(path)
+    assert expected.meta.fixes or "slope" in kwargs  # the cases exercise the fixes
+    np.testing.assert_array_equal(read_hu(path), expected.hu)
+
+
+def test_read_hu_rejects_what_read_slice_rejects(write_ct, hu_image, tmp_path):
+    path = write_ct("mr.dcm", (hu_image + 1024).astype(np.int16), modality="MR")
+    with pytest.raises(DicomError, match="modality is MR, not CT"):
+        read_hu(path)
+    (tmp_path / "text.dcm").write_text("hello")
+    with pytest.raises(DicomError, match="not a DICOM file"):
+        read_hu(tmp_path / "text.dcm")

@@ -284,3 +284,37 @@ def test_damaged_zip_members_are_listed_not_fatal(kaggle, tmp_path):
     _, written, _, failed = prepare(df, tmp_path / "cache", SMALL)
     assert written == 2 and failed["source"].str.endswith(pixel_hit).tolist() == [True]
     assert "unreadable zip member" in failed["reason"].iloc[0]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_cache_format_round_trips_exactly_and_writably(fmt):
+    from ichdet.data.cache import decode, encode
+
+    stack = np.random.default_rng(1).integers(0, 256, (3, 24, 40), dtype=np.uint8)
+    back = decode(encode(stack, fmt), fmt, 3)
+    np.testing.assert_array_equal(back, stack)
+    assert back.flags.writeable  # torch.from_numpy needs a writable array
+
+
+def test_a_damaged_zstd_entry_is_an_error_not_garbage():
+    from ichdet.data.cache import decode, encode
+
+    data = encode(np.zeros((3, 16, 16), np.uint8), "zstd")
+    with pytest.raises(ValueError, match="corrupt zstd cache entry"):
+        decode(data[:-3], "zstd", 3)
+    with pytest.raises(ValueError, match="no header"):
+        decode(b"nonsense", "zstd", 3)
+
+
+def test_prepare_reads_rows_without_pandas(index, tmp_path):
+    import subprocess
+    import sys
+
+    df, errors, report = index
+    path = write_index(df.head(3), errors, report, tmp_path / "index.parquet")
+    code = (
+        "import sys; from ichdet.data.prepare import read_rows; "
+        f"rows = read_rows({str(path)!r}); print(len(rows), rows[0][2], 'pandas' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["3", "dicom", "False"]

@@ -100,9 +100,9 @@ def prepare(
     windows: str = typer.Option("brain,subdural,bone", help="windows: preset names or C/W"),
     window_kind: str = typer.Option("clip", help="clip | sigmoid | blackout_minmax"),
     fmt: str = typer.Option(
-        "zlib",
+        "zstd",
         "--format",
-        help="zlib (default) | png (viewable, smallest) | npy (raw, fastest reads)",
+        help="zstd (default, fastest compressed) | zlib | png (viewable) | npy (raw, largest)",
     ),
     workers: int = typer.Option(1, help="parallel processes"),
 ) -> None:
@@ -110,9 +110,7 @@ def prepare(
     import time
 
     from ichdet.data.cache import CacheSettings
-    from ichdet.data.index import read_index
-    from ichdet.data.prepare import cache_size_bytes
-    from ichdet.data.prepare import prepare as run_prepare
+    from ichdet.data.prepare import cache_size_bytes, prepare_rows, read_rows
     from ichdet.data.windows import parse_windows
     from ichdet.util.progress import progress_bar
 
@@ -120,13 +118,13 @@ def prepare(
         settings = CacheSettings(
             size=size, windows=parse_windows(windows), window_kind=window_kind, format=fmt
         )
-    except ValueError as exc:
+        rows = read_rows(index_file)
+    except (OSError, ValueError) as exc:
         fail(str(exc))
-    df = read_index(index_file)
     start = time.perf_counter()
     with progress_bar(None, "prepare") as advance:
-        directory, written, existing, errors = run_prepare(
-            df,
+        directory, written, existing, errors = prepare_rows(
+            rows,
             out,
             settings,
             workers=workers,

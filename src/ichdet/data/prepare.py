@@ -7,21 +7,31 @@ image, as a coarser scan would give), apply the windows, write. Parallel process
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from ichdet.data.cache import CacheSettings, cache_dir, entry_path, write_entry, write_settings
 from ichdet.data.windows import resize_image, resize_stack, to_uint8, window_stack
-from ichdet.dicom.read import DicomError, read_slice
+from ichdet.dicom.read import DicomError, read_hu
 from ichdet.dicom.sources import read_source
-from ichdet.util.atomic import atomic_path
+from ichdet.util.atomic import write_text
+from ichdet.util.memory import reuse_freed_memory
 from ichdet.util.parallel import map_chunks
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+Row = tuple[str, str, str]  #: (image_id, source, kind) of one index row
+ROW_COLUMNS = ("image_id", "source", "kind")
 
 
 def image_stack(source: str, settings: CacheSettings) -> np.ndarray:
@@ -46,15 +56,13 @@ def image_stack(source: str, settings: CacheSettings) -> np.ndarray:
 
 def dicom_stack(source: str, settings: CacheSettings) -> np.ndarray:
     """A DICOM slice -> uint8 C x H x W window stack at ``settings.size``."""
-    sl = read_slice(read_source(source))
-    hu = resize_image(sl.hu, settings.size)
+    hu = resize_image(read_hu(read_source(source)), settings.size)
     return to_uint8(window_stack(hu, settings.windows, kind=settings.window_kind))
 
 
-def _prepare_chunk(
-    rows: list[tuple[str, str, str]], directory: str, settings: CacheSettings
-) -> list[tuple[str, str, str]]:
+def _prepare_chunk(rows: list[Row], directory: str, settings: CacheSettings) -> list[Row]:
     """Process (image_id, source, kind) rows; returns (image_id, source, error) for failures."""
+    reuse_freed_memory()
     failed = []
     for image_id, source, kind in rows:
         try:
@@ -73,10 +81,60 @@ def _prepare_chunk(
     return failed
 
 
-def pending(index: pd.DataFrame, directory: Path, fmt: str) -> pd.DataFrame:
-    """Rows of ``index`` whose cache entry does not exist yet."""
-    exists = [entry_path(directory, i, fmt).is_file() for i in index["image_id"]]
-    return index[~np.asarray(exists, dtype=bool)]
+def read_rows(index_path: str | os.PathLike) -> list[Row]:
+    """The rows ``prepare`` needs, read from an index parquet with pyarrow alone.
+
+    ``ichdet prepare`` starts with this instead of pandas: a third of a second saved per run.
+    """
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(os.fspath(index_path))
+    names = set(parquet.schema_arrow.names)
+    if not {"image_id", "source"} <= names:
+        raise ValueError(f"{index_path}: not an ichdet index (no image_id/source columns)")
+    table = parquet.read(columns=[c for c in ROW_COLUMNS if c in names], use_pandas_metadata=False)
+    ids, sources = table.column("image_id").to_pylist(), table.column("source").to_pylist()
+    kinds = table.column("kind").to_pylist() if "kind" in names else ["dicom"] * len(ids)
+    return list(zip(ids, sources, kinds, strict=True))
+
+
+def frame_rows(index: pd.DataFrame) -> list[Row]:
+    frame = index if "kind" in index else index.assign(kind="dicom")
+    return list(frame[list(ROW_COLUMNS)].itertuples(index=False, name=None))
+
+
+def pending(rows: list[Row], directory: Path, fmt: str) -> list[Row]:
+    """The rows whose cache entry does not exist yet."""
+    return [r for r in rows if not entry_path(directory, r[0], fmt).is_file()]
+
+
+def write_errors(path: Path, failed: list[Row]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["image_id", "source", "reason"])
+    writer.writerows(failed)
+    write_text(path, buf.getvalue())
+
+
+def prepare_rows(
+    rows: list[Row],
+    root: str | os.PathLike,
+    settings: CacheSettings,
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+    total: Callable[[int], None] | None = None,
+) -> tuple[Path, int, int, list[Row]]:
+    """Fill the cache for ``rows``; returns (cache dir, written, already there, failures as
+    (image_id, source, reason)); the failures are also in ``errors.csv`` of the cache dir."""
+    directory = cache_dir(root, settings)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_settings(directory, settings)
+    todo = pending(rows, directory, settings.format)
+    total and total(len(todo))
+    work = partial(_prepare_chunk, directory=os.fspath(directory), settings=settings)
+    failed = map_chunks(work, todo, workers, max_chunk=64, progress=progress)
+    write_errors(directory / "errors.csv", failed)
+    return directory, len(todo) - len(failed), len(rows) - len(todo), failed
 
 
 def prepare(
@@ -88,19 +146,22 @@ def prepare(
     total: Callable[[int], None] | None = None,
 ) -> tuple[Path, int, int, pd.DataFrame]:
     """Fill the cache for ``index``; returns (cache dir, written, already there, errors)."""
-    directory = cache_dir(root, settings)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_settings(directory, settings)
-    todo = pending(index, directory, settings.format)
-    total and total(len(todo))
-    rows = list(todo[["image_id", "source", "kind"]].itertuples(index=False, name=None))
-    work = partial(_prepare_chunk, directory=os.fspath(directory), settings=settings)
-    failed = map_chunks(work, rows, workers, max_chunk=64, progress=progress)
-    errors = pd.DataFrame(failed, columns=["image_id", "source", "reason"])
-    with atomic_path(directory / "errors.csv") as tmp:
-        errors.to_csv(tmp, index=False)
-    return directory, len(rows) - len(failed), len(index) - len(rows), errors
+    import pandas as pd
+
+    directory, written, existing, failed = prepare_rows(
+        frame_rows(index), root, settings, workers, progress, total
+    )
+    return (
+        directory,
+        written,
+        existing,
+        pd.DataFrame(failed, columns=list(ROW_COLUMNS[:2]) + ["reason"]),
+    )
 
 
-def cache_size_bytes(directory: Path) -> int:
-    return sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file())
+def cache_size_bytes(directory: str | os.PathLike) -> int:
+    """Bytes of every file under ``directory``."""
+    total = 0
+    for folder, _, files in os.walk(os.fspath(directory)):
+        total += sum(os.stat(os.path.join(folder, f)).st_size for f in files)
+    return total

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,6 +35,15 @@ import numpy as np
 import pydicom
 import pydicom.config
 from pydicom.errors import InvalidDicomError
+
+from ichdet.dicom.header import (
+    META_TAGS,
+    SliceMeta,
+    first_number,
+    int_or_none,
+    slice_meta,
+    text,
+)
 
 Source = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
 
@@ -48,34 +56,6 @@ FIX_RSNA_12BIT = "rsna_12bit_intercept"
 FIX_PADDING = "padding_to_air"
 FIX_MONOCHROME1 = "monochrome1_inverted"
 
-#: Header tags that read_meta needs; a fast header scan keeps only these.
-META_TAGS = [
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "PatientID",
-    "Modality",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "PixelSpacing",
-    "SliceThickness",
-    "Rows",
-    "Columns",
-    "WindowCenter",
-    "WindowWidth",
-    "RescaleIntercept",
-    "RescaleSlope",
-    "BitsStored",
-    "BitsAllocated",
-    "PixelRepresentation",
-    "PhotometricInterpretation",
-    "SamplesPerPixel",
-    "NumberOfFrames",
-    "InstanceNumber",
-    "SliceLocation",
-    "PixelPaddingValue",
-]
-
 
 class DicomError(ValueError):
     """A file that cannot be read as a single-frame greyscale CT slice; the message says why."""
@@ -84,36 +64,6 @@ class DicomError(ValueError):
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class SliceMeta:
-    """Header facts of one slice. Lengths in mm; ``z`` is the position along the slice normal."""
-
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    patient_id: str
-    modality: str
-    z: float
-    position: tuple[float, float, float] | None
-    orientation: tuple[float, ...] | None
-    pixel_spacing: tuple[float, float] | None
-    slice_thickness: float | None
-    rows: int
-    columns: int
-    window_center: float | None
-    window_width: float | None
-    rescale_intercept: float
-    rescale_slope: float
-    bits_stored: int | None
-    pixel_representation: int | None
-    photometric: str
-    instance_number: int | None
-    fixes: tuple[str, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -193,111 +143,29 @@ def _dcmread(source: Source, *, header_only: bool) -> pydicom.Dataset:
     return ds
 
 
-def _floats(value: Any) -> list[float]:
-    """Numbers from a DS/IS value, a MultiValue, or odd strings like '00036' or '40\\80'."""
-    if value is None:
-        return []
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "ignore")
-    if isinstance(value, str):
-        parts: Sequence[Any] = [p for p in value.replace("\\", " ").split() if p]
-    elif isinstance(value, Sequence):
-        parts = value
-    else:
-        parts = [value]
-    out: list[float] = []
-    for part in parts:
-        try:
-            number = float(part)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(number):
-            out.append(number)
-    return out
-
-
-def _first(value: Any) -> float | None:
-    numbers = _floats(value)
-    return numbers[0] if numbers else None
-
-
-def _text(ds: pydicom.Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
-
-
-def _int_or_none(ds: pydicom.Dataset, keyword: str) -> int | None:
-    number = _first(ds.get(keyword))
-    return None if number is None else int(number)
-
-
-def slice_z(position: Sequence[float] | None, orientation: Sequence[float] | None) -> float:
-    """Position along the slice normal (mm): (row x col) . ImagePositionPatient; NaN if unknown."""
-    if position is None or orientation is None or len(position) != 3 or len(orientation) != 6:
-        return math.nan
-    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
-    return float(np.dot(normal, np.asarray(position, float)))
-
-
 def _rsna_12bit_bug(ds: pydicom.Dataset) -> bool:
-    intercept = _first(ds.get("RescaleIntercept"))
+    intercept = first_number(ds.get("RescaleIntercept"))
     return (
-        _int_or_none(ds, "BitsStored") == 12
-        and _int_or_none(ds, "PixelRepresentation") == 0
+        int_or_none(ds, "BitsStored") == 12
+        and int_or_none(ds, "PixelRepresentation") == 0
         and intercept is not None
         and intercept > -100
     )
 
 
-def _meta(ds: pydicom.Dataset, fixes: tuple[str, ...] = ()) -> SliceMeta:
-    position = _floats(ds.get("ImagePositionPatient"))
-    orientation = _floats(ds.get("ImageOrientationPatient"))
-    spacing = _floats(ds.get("PixelSpacing"))
-    pos = tuple(position) if len(position) == 3 else None
-    ori = tuple(orientation) if len(orientation) == 6 else None
-    z = slice_z(pos, ori)
-    if math.isnan(z):  # older files without geometry: SliceLocation is the next best thing
-        z = _first(ds.get("SliceLocation")) or math.nan
-    intercept = _first(ds.get("RescaleIntercept"))
-    slope = _first(ds.get("RescaleSlope"))
-    return SliceMeta(
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        study_instance_uid=_text(ds, "StudyInstanceUID"),
-        series_instance_uid=_text(ds, "SeriesInstanceUID"),
-        patient_id=_text(ds, "PatientID"),
-        modality=_text(ds, "Modality"),
-        z=z,
-        position=pos,  # type: ignore[arg-type]
-        orientation=ori,
-        pixel_spacing=(spacing[0], spacing[1]) if len(spacing) >= 2 else None,
-        slice_thickness=_first(ds.get("SliceThickness")),
-        rows=_int_or_none(ds, "Rows") or 0,
-        columns=_int_or_none(ds, "Columns") or 0,
-        window_center=_first(ds.get("WindowCenter")),
-        window_width=_first(ds.get("WindowWidth")),
-        rescale_intercept=0.0 if intercept is None else intercept,
-        rescale_slope=slope or 1.0,
-        bits_stored=_int_or_none(ds, "BitsStored"),
-        pixel_representation=_int_or_none(ds, "PixelRepresentation"),
-        photometric=_text(ds, "PhotometricInterpretation"),
-        instance_number=_int_or_none(ds, "InstanceNumber"),
-        fixes=fixes,
-    )
-
-
 def _check_image(ds: pydicom.Dataset, name: str, require_ct: bool, header_only: bool) -> None:
-    modality = _text(ds, "Modality")
+    modality = text(ds, "Modality")
     if require_ct and modality and modality.upper() != "CT":
         raise DicomError(name, f"modality is {modality}, not CT")
-    samples = _int_or_none(ds, "SamplesPerPixel") or 1
-    photometric = _text(ds, "PhotometricInterpretation").upper()
+    samples = int_or_none(ds, "SamplesPerPixel") or 1
+    photometric = text(ds, "PhotometricInterpretation").upper()
     if samples != 1 or (photometric and not photometric.startswith("MONOCHROME")):
         raise DicomError(
             name, f"colour image ({photometric or '?'}, {samples} samples/pixel); CT is greyscale"
         )
     if "Rows" not in ds or "Columns" not in ds:
         raise DicomError(name, "truncated or incomplete header (no Rows/Columns)")
-    frames = _int_or_none(ds, "NumberOfFrames") or 1
+    frames = int_or_none(ds, "NumberOfFrames") or 1
     if frames > 1:
         raise DicomError(name, f"multi-frame image ({frames} frames); one slice per file expected")
     if not header_only and "PixelData" not in ds:
@@ -312,7 +180,7 @@ def read_meta(source: Source, *, require_ct: bool = True) -> SliceMeta:
         ds = _dcmread(source, header_only=True)
         _check_image(ds, name, require_ct, header_only=True)
         fixes = (FIX_RSNA_12BIT,) if _rsna_12bit_bug(ds) else ()
-        return _meta(ds, fixes)
+        return slice_meta(ds, fixes)
 
 
 def stored_to_hu(
@@ -354,6 +222,45 @@ def stored_to_hu(
     return hu, tuple(fixes)
 
 
+def _pixels(ds: pydicom.Dataset, name: str) -> np.ndarray:
+    """The stored values (rows x columns), decoded; DicomError when they cannot be."""
+    try:
+        stored = np.asarray(ds.pixel_array)
+    except Exception as exc:  # decoders raise many types; all mean the same to a user
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        lowered = reason.lower()
+        if "less than expected" in lowered or "length" in lowered or isinstance(exc, EOFError):
+            reason = f"truncated pixel data ({reason})"
+        raise DicomError(name, f"cannot decode pixel data: {reason}") from exc
+    if stored.ndim != 2:
+        raise DicomError(name, f"pixel array has shape {stored.shape}; expected rows x columns")
+    return stored
+
+
+def _hu(ds: pydicom.Dataset, stored: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """HU from the few header elements the conversion needs (not the whole SliceMeta)."""
+    intercept = first_number(ds.get("RescaleIntercept"))
+    return stored_to_hu(
+        stored,
+        slope=first_number(ds.get("RescaleSlope")) or 1.0,
+        intercept=0.0 if intercept is None else intercept,
+        bits_stored=int_or_none(ds, "BitsStored"),
+        pixel_representation=int_or_none(ds, "PixelRepresentation"),
+        monochrome1=text(ds, "PhotometricInterpretation").upper() == "MONOCHROME1",
+        padding_value=first_number(ds.get("PixelPaddingValue")),
+    )
+
+
+def read_hu(source: Source, *, require_ct: bool = True) -> np.ndarray:
+    """Only the HU image of :func:`read_slice` (float32, H x W): the fast path of ``prepare``
+    and ``predict``, which need no header summary. Same checks, same errors, same values."""
+    name = source_name(source)
+    with quiet_pydicom():
+        ds = _dcmread(source, header_only=False)
+        _check_image(ds, name, require_ct, header_only=False)
+        return _hu(ds, _pixels(ds, name))[0]
+
+
 def read_slice(source: Source, *, require_ct: bool = True) -> Slice:
     """Read one slice and convert it to Hounsfield units (float32, H x W).
 
@@ -364,25 +271,7 @@ def read_slice(source: Source, *, require_ct: bool = True) -> Slice:
     with quiet_pydicom():
         ds = _dcmread(source, header_only=False)
         _check_image(ds, name, require_ct, header_only=False)
-        try:
-            stored = np.asarray(ds.pixel_array)
-        except Exception as exc:  # decoders raise many types; all mean the same to a user
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            lowered = reason.lower()
-            if "less than expected" in lowered or "length" in lowered or isinstance(exc, EOFError):
-                reason = f"truncated pixel data ({reason})"
-            raise DicomError(name, f"cannot decode pixel data: {reason}") from exc
-        if stored.ndim != 2:
-            raise DicomError(name, f"pixel array has shape {stored.shape}; expected rows x columns")
-        meta = _meta(ds)
-        padding_value = _first(ds.get("PixelPaddingValue"))
-    hu, fixes = stored_to_hu(
-        stored,
-        slope=meta.rescale_slope,
-        intercept=meta.rescale_intercept,
-        bits_stored=meta.bits_stored,
-        pixel_representation=meta.pixel_representation,
-        monochrome1=meta.photometric.upper() == "MONOCHROME1",
-        padding_value=padding_value,
-    )
+        stored = _pixels(ds, name)
+        meta = slice_meta(ds)
+        hu, fixes = _hu(ds, stored)
     return Slice(hu=hu, stored=stored, meta=replace(meta, fixes=fixes))

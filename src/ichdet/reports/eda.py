@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ichdet.data.windows import DEFAULT_WINDOWS, PRESETS, window_stack  # noqa: E402
-from ichdet.dicom.read import DicomError, read_slice  # noqa: E402
+from ichdet.dicom.read import DicomError, read_hu  # noqa: E402
 from ichdet.dicom.sources import read_source  # noqa: E402
 from ichdet.labels import LABELS, SUBTYPES  # noqa: E402
 from ichdet.reports.viz import composite_rgb, save_figure  # noqa: E402
@@ -113,7 +113,7 @@ def examples_figure(df: pd.DataFrame, out: Path, seed: int = 0) -> Path | None:
     fig, axes = plt.subplots(len(picks), 4, figsize=(11, 2.9 * len(picks)), squeeze=False)
     for r, (name, row) in enumerate(picks):
         try:
-            stack = window_stack(read_slice(read_source(row["source"])).hu, windows)
+            stack = window_stack(read_hu(read_source(row["source"])), windows)
         except (DicomError, ValueError):
             continue
         panels = [*stack, composite_rgb(stack)]

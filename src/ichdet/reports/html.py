@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ichdet.data.windows import DEFAULT_WINDOWS, PRESETS, resize_image, window_stack  # noqa: E402
-from ichdet.dicom.read import read_slice  # noqa: E402
+from ichdet.dicom.read import read_hu  # noqa: E402
 from ichdet.dicom.sources import read_source  # noqa: E402
 from ichdet.labels import LABELS  # noqa: E402
 from ichdet.reports.heatmaps import HeatMapper, overlay  # noqa: E402
@@ -78,7 +78,7 @@ def _panels(
     """(caption, data URI) of a slice in each window, plus the label's heat map."""
     windows = [PRESETS[w] for w in DEFAULT_WINDOWS]
     try:
-        hu = read_slice(read_source(source)).hu
+        hu = read_hu(read_source(source))
         stack = window_stack(resize_image(hu, DISPLAY), windows)
         panels = [
             (f"{w.name} {w.center:g}/{w.width:g}", _png((s * 255).astype(np.uint8)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ def _default_mode() -> int:
 
 #: mkstemp creates files readable by the owner only; outputs get the usual permissions.
 FILE_MODE = _default_mode()
+_serial = itertools.count()
 
 
 @contextlib.contextmanager
@@ -37,9 +39,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+    """Atomic write of ``data``; the hot path of ``prepare`` (one call per cache entry).
+
+    Cheaper than :func:`atomic_path`: the temporary name is unique by process id and a counter
+    (no random names), created with the umask's permissions (no chmod), and the folder is made
+    only when the first open finds it missing.
+    """
+    target = os.fspath(path)
+    folder = os.path.dirname(target) or "."
+    tmp = os.path.join(folder, f".{os.path.basename(target)}.{os.getpid()}.{next(_serial)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(tmp, flags, 0o666)
+    except FileExistsError:  # a leftover of a dead process with our pid: take the slow path
+        with atomic_path(target) as slow:
+            slow.write_bytes(data)
+        return Path(target)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return Path(target)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

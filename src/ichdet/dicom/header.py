@@ -1,0 +1,152 @@
+"""The header facts ichdet uses: parsing DS/IS values that real files get wrong, the slice's
+position along its normal, and :class:`SliceMeta`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pydicom
+
+#: Header tags that read_meta needs; a fast header scan keeps only these.
+META_TAGS = [
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "Modality",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "Rows",
+    "Columns",
+    "WindowCenter",
+    "WindowWidth",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "BitsStored",
+    "BitsAllocated",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "SamplesPerPixel",
+    "NumberOfFrames",
+    "InstanceNumber",
+    "SliceLocation",
+    "PixelPaddingValue",
+]
+
+
+@dataclass(frozen=True)
+class SliceMeta:
+    """Header facts of one slice. Lengths in mm; ``z`` is the position along the slice normal."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    modality: str
+    z: float
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    rows: int
+    columns: int
+    window_center: float | None
+    window_width: float | None
+    rescale_intercept: float
+    rescale_slope: float
+    bits_stored: int | None
+    pixel_representation: int | None
+    photometric: str
+    instance_number: int | None
+    fixes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def numbers(value: Any) -> list[float]:
+    """Numbers from a DS/IS value, a MultiValue, or odd strings like '00036' or '40\\80'."""
+    if value is None:
+        return []
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "ignore")
+    if isinstance(value, str):
+        parts: Sequence[Any] = [p for p in value.replace("\\", " ").split() if p]
+    elif isinstance(value, Sequence):
+        parts = value
+    else:
+        parts = [value]
+    out: list[float] = []
+    for part in parts:
+        try:
+            number = float(part)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out.append(number)
+    return out
+
+
+def first_number(value: Any) -> float | None:
+    found = numbers(value)
+    return found[0] if found else None
+
+
+def text(ds: pydicom.Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()
+
+
+def int_or_none(ds: pydicom.Dataset, keyword: str) -> int | None:
+    number = first_number(ds.get(keyword))
+    return None if number is None else int(number)
+
+
+def slice_z(position: Sequence[float] | None, orientation: Sequence[float] | None) -> float:
+    """Position along the slice normal (mm): (row x col) . ImagePositionPatient; NaN if unknown."""
+    if position is None or orientation is None or len(position) != 3 or len(orientation) != 6:
+        return math.nan
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+    return float(np.dot(normal, np.asarray(position, float)))
+
+
+def slice_meta(ds: pydicom.Dataset, fixes: tuple[str, ...] = ()) -> SliceMeta:
+    position = numbers(ds.get("ImagePositionPatient"))
+    orientation = numbers(ds.get("ImageOrientationPatient"))
+    spacing = numbers(ds.get("PixelSpacing"))
+    pos = tuple(position) if len(position) == 3 else None
+    ori = tuple(orientation) if len(orientation) == 6 else None
+    z = slice_z(pos, ori)
+    if math.isnan(z):  # older files without geometry: SliceLocation is the next best thing
+        z = first_number(ds.get("SliceLocation")) or math.nan
+    intercept = first_number(ds.get("RescaleIntercept"))
+    slope = first_number(ds.get("RescaleSlope"))
+    return SliceMeta(
+        sop_instance_uid=text(ds, "SOPInstanceUID"),
+        study_instance_uid=text(ds, "StudyInstanceUID"),
+        series_instance_uid=text(ds, "SeriesInstanceUID"),
+        patient_id=text(ds, "PatientID"),
+        modality=text(ds, "Modality"),
+        z=z,
+        position=pos,  # type: ignore[arg-type]
+        orientation=ori,
+        pixel_spacing=(spacing[0], spacing[1]) if len(spacing) >= 2 else None,
+        slice_thickness=first_number(ds.get("SliceThickness")),
+        rows=int_or_none(ds, "Rows") or 0,
+        columns=int_or_none(ds, "Columns") or 0,
+        window_center=first_number(ds.get("WindowCenter")),
+        window_width=first_number(ds.get("WindowWidth")),
+        rescale_intercept=0.0 if intercept is None else intercept,
+        rescale_slope=slope or 1.0,
+        bits_stored=int_or_none(ds, "BitsStored"),
+        pixel_representation=int_or_none(ds, "PixelRepresentation"),
+        photometric=text(ds, "PhotometricInterpretation"),
+        instance_number=int_or_none(ds, "InstanceNumber"),
+        fixes=fixes,
+    )
