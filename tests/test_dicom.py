@@ -12,17 +12,17 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, RLELossless
 
+from ichdet.dicom.header import slice_z
 from ichdet.dicom.read import (
     AIR_HU,
     FIX_MONOCHROME1,
     FIX_PADDING,
     FIX_RSNA_12BIT,
     DicomError,
-    read_meta,
     read_hu,
+    read_meta,
     read_slice,
 )
-from ichdet.dicom.header import slice_z
 from ichdet.dicom.write import ct_dataset, save_dataset
 
 
