@@ -135,3 +135,14 @@ def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_public_api_resolves_lazily():
+    code = (
+        "import sys, ichdet; names = [n for n in ichdet.__all__ if n != '__version__']; "
+        "light = 'torch' not in sys.modules; "
+        "[getattr(ichdet, n) for n in names]; print(light, len(names), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    light, count, heavy = out.stdout.split()
+    assert light == "True" and heavy == "True" and int(count) >= 20

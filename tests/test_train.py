@@ -128,6 +128,8 @@ def test_fold_all_writes_oof_and_cv(prepared, tmp_path):
     assert set(cv["folds"]) == {0, 1} and cv["cv_weighted_log_loss"] > 0
     assert (tmp_path / "cv" / "cv.json").is_file()
     assert json.loads((tmp_path / "cv" / "thresholds.json").read_text())["source"] == "out-of-fold"
+    assert read_recipe(tmp_path / "cv" / "config.yaml")["fold"] == "all"
+    assert read_recipe(tmp_path / "cv" / "fold_1" / "config.yaml")["fold"] == 1
 
 
 def test_cache_resolution(prepared):

@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _API = {
     "read_slice": "ichdet.dicom.read",
     "read_meta": "ichdet.dicom.read",
+    "read_hu": "ichdet.dicom.read",
     "DicomError": "ichdet.dicom.read",
     "Slice": "ichdet.dicom.read",
     "apply_window": "ichdet.data.windows",
@@ -46,6 +47,7 @@ __all__ = [
     "__version__",
     "read_slice",
     "read_meta",
+    "read_hu",
     "DicomError",
     "Slice",
     "apply_window",
@@ -77,7 +79,7 @@ if TYPE_CHECKING:
     from ichdet.data.index import build_index, read_index
     from ichdet.data.prepare import prepare
     from ichdet.data.windows import apply_window, parse_windows, window_stack
-    from ichdet.dicom.read import DicomError, Slice, read_meta, read_slice
+    from ichdet.dicom.read import DicomError, Slice, read_hu, read_meta, read_slice
     from ichdet.evaluation.evaluate import evaluate_files
     from ichdet.evaluation.metrics import weighted_log_loss
     from ichdet.inference.export import export_onnx
