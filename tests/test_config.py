@@ -82,3 +82,8 @@ def test_the_shipped_recipes_are_the_ones_the_readme_promises():
 def test_the_demo_recipe_is_the_demos_training_step():
     recipe = TrainConfig.from_dict(read_recipe(CONFIGS / "demo.yaml"))
     assert recipe == replace(train_config(DemoConfig(), "demo-run"), out="runs/demo")
+
+
+def test_recipes_list_what_to_train_on_first():
+    assert list(TrainConfig().to_dict())[:8] == list(TrainConfig.FIRST)
+    assert set(TrainConfig().to_dict()) == {f.name for f in fields(TrainConfig)}

@@ -23,8 +23,6 @@ from ichdet.training.config import TrainConfig
 _CLI_TYPE: dict[str, type] = {"fold": str}  # a number or "all"
 _SHORT = {"out": "-o"}
 _POSITIONAL = "index"
-#: Shown first in --help: what to train on and where; the loop's settings follow.
-_FIRST = ("index", "cache", "out", "fold", "model", "size", "windows", "context")
 
 
 def _base_type(hint: Any) -> type:
@@ -105,7 +103,7 @@ def train(**values: Any) -> None:
 
 def _install_signature() -> None:
     hints = typing.get_type_hints(TrainConfig)
-    rank = {name: i for i, name in enumerate(_FIRST)}
+    rank = {name: i for i, name in enumerate(TrainConfig.FIRST)}
     ordered = sorted(fields(TrainConfig), key=lambda f: rank.get(f.name, len(rank)))
     params = [_parameter(f, hints[f.name]) for f in ordered]
     params = [params[0], _config_parameter(), *params[1:], _resume_parameter()]

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -27,6 +27,9 @@ def _opt(default: Any, help: str) -> Any:  # noqa: A002 - the word the CLI uses
 @dataclass
 class LoopConfig:
     """Settings of the shared training loop (``ichdet.training.loop``)."""
+
+    #: Fields shown first (in recipes and --help): what to train on and where.
+    FIRST: ClassVar[tuple[str, ...]] = ("out",)
 
     out: str | None = _opt(None, "run directory")
     epochs: int = _opt(5, "epochs")
@@ -43,7 +46,10 @@ class LoopConfig:
     device: str = _opt("auto", "auto | cuda | cpu")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every setting, the FIRST ones first, then the others in field order."""
+        values = asdict(self)
+        first = [k for k in self.FIRST if k in values]
+        return {k: values[k] for k in [*first, *(k for k in values if k not in first)]}
 
     @classmethod
     def from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
@@ -61,6 +67,17 @@ class LoopConfig:
 @dataclass
 class TrainConfig(LoopConfig):
     """Everything ``ichdet train`` needs for the slice CNN; a recipe holds any subset."""
+
+    FIRST: ClassVar[tuple[str, ...]] = (
+        "index",
+        "cache",
+        "out",
+        "fold",
+        "model",
+        "size",
+        "windows",
+        "context",
+    )
 
     index: str | None = _opt(None, "index parquet with folds")
     cache: str | None = _opt(None, "cache root (from `ichdet prepare`) or its folder")

@@ -38,14 +38,8 @@ def versions() -> dict[str, str]:
 def write_run_config(out: Path, cfg: LoopConfig, details: dict[str, Any]) -> None:
     """``config.yaml`` (the recipe: ``ichdet train --config`` re-runs it as it is) and
     ``config.json`` (the recipe plus what the run found: versions, devices, data sizes)."""
-    write_text(
-        out / "config.yaml",
-        recipe_text(
-            cfg,
-            f"ichdet train recipe written by the run in {out.name}/; "
-            "re-run it with: ichdet train --config config.yaml",
-        ),
-    )
+    how = f"re-run it from the folder it ran in: ichdet train --config {out / 'config.yaml'}"
+    write_text(out / "config.yaml", recipe_text(cfg, f"ichdet train recipe of this run; {how}"))
     write_json(out / "config.json", {**details, "versions": versions()})
 
 
