@@ -20,7 +20,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ichdet.data.index import build_index, read_long_labels
-from ichdet.inference.predict import series_inputs
+from ichdet.inference.decode import series_inputs
 from ichdet.inference.runners import load_runner
 from ichdet.labels import LABELS, SUBTYPES
 from ichdet.reports.heatmaps import HeatMapper, heatmap_peak

@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 from pydicom.data import get_testdata_file
 
-from ichdet.data.cache import FORMATS, CacheSettings, cache_dir, entry_path, read_entry
+from ichdet.data.cache import (
+    FORMATS,
+    CacheSettings,
+    cache_dir,
+    cache_key,
+    entry_path,
+    read_entry,
+)
 from ichdet.data.dataset import SliceDataset, neighbour_rows
 from ichdet.data.index import build_index, read_long_labels, split_from_path, write_index
 from ichdet.data.prepare import prepare
@@ -231,9 +238,14 @@ def test_png_folder_with_wide_labels(tmp_path):
     assert (df.groupby("patient_id")["fold"].nunique() == 1).all()
     d, written, _, errors = prepare(df, tmp_path / "cache", SMALL)
     assert written == 6 and errors.empty
-    gray = read_entry(entry_path(d, "img1", FMT), FMT, 3)
+    rows = df.set_index("image_id")
+    gray = read_entry(
+        entry_path(d, cache_key("img1", rows.at["img1", "source"], "image"), FMT), FMT, 3
+    )
     assert (gray[0] == gray[1]).all() and (gray[1] == gray[2]).all()  # grayscale fills channels
-    colour = read_entry(entry_path(d, "img0", FMT), FMT, 3)
+    colour = read_entry(
+        entry_path(d, cache_key("img0", rows.at["img0", "source"], "image"), FMT), FMT, 3
+    )
     assert not (colour[0] == colour[2]).all()
 
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ichdet.cli.common import console, err, fail
+
+if TYPE_CHECKING:
+    from ichdet.inference.predict import PredictResult
+    from ichdet.inference.runners import Runner
 
 
 def predict(
@@ -44,6 +49,12 @@ def predict(
             )
     except (FileNotFoundError, ValueError, ImportError) as exc:
         fail(str(exc))
+    _summarise(result)
+    if report:
+        _write_reports(runner, result, out)
+
+
+def _summarise(result: PredictResult) -> None:
     if result.slices.empty:
         fail(f"nothing could be predicted; reasons in {result.files['errors']}")
     flagged = int(result.studies["any_flag"].sum())
@@ -57,16 +68,29 @@ def predict(
         console.print(
             f"Kaggle submission: {result.files['submission']} ({len(result.submission)} rows)"
         )
+    if result.missing:
+        err.print(
+            f"{result.missing} image(s) of the sample submission were not predicted (missing or "
+            "unreadable); filled with the mean prediction and listed in "
+            f"{result.files['errors']}",
+            style="yellow",
+        )
     if len(result.errors):
         err.print(
             f"skipped {len(result.errors)} file(s); reasons in {result.files['errors']}",
             style="yellow",
         )
-    if report:
-        from ichdet.reports.study_reports import write_reports
 
-        paths = write_reports(runner, result, out / "report")
-        console.print(f"{len(paths)} report(s) in {out / 'report'}")
+
+def _write_reports(runner: Runner, result: PredictResult, out: Path) -> None:
+    from ichdet.reports.study_reports import write_reports
+    from ichdet.util.tables import write_csv
+
+    paths, failed = write_reports(runner, result, out / "report")
+    console.print(f"{len(paths)} report(s) in {out / 'report'}")
+    if failed:
+        errors = write_csv(out / "report" / "errors.csv", ["study_id", "reason"], failed)
+        err.print(f"{len(failed)} report(s) failed; reasons in {errors}", style="yellow")
 
 
 def export(

@@ -32,6 +32,7 @@ import numpy as np
 
 from ichdet.data.windows import Window, parse_windows
 from ichdet.util.atomic import atomic_path, write_bytes
+from ichdet.util.names import path_component, short_hash
 
 FORMATS = ("zstd", "zlib", "png", "npy")
 ZSTD_MAGIC = b"ICZ1"
@@ -80,10 +81,22 @@ def cache_dir(root: str | os.PathLike, settings: CacheSettings) -> Path:
     return Path(root) / settings.key
 
 
-def entry_path(directory: str | os.PathLike, image_id: str, fmt: str) -> Path:
-    """``DIR/<2 hex>/<image_id>.<fmt>``: sharded so no folder holds ~750k files."""
-    shard = hashlib.blake2b(image_id.encode(), digest_size=1).hexdigest()
-    return Path(directory) / shard / f"{image_id}.{fmt}"
+def cache_key(image_id: str, source: str = "", kind: str = "dicom") -> str:
+    """The name of an image's cache entry: a safe form of its id (a DICOM SOP Instance UID is
+    unique across sources); for image files, whose ids are file stems, plus a hash of the
+    source, so ``a/0001.png`` and ``b/0001.png`` of two folders never share an entry."""
+    key = path_component(image_id)
+    return f"{key}-{short_hash(source)}" if kind == "image" else key
+
+
+def entry_path(directory: str | os.PathLike, key: str, fmt: str) -> Path:
+    """``DIR/<2 hex>/<key>.<fmt>``: sharded so no folder holds ~750k files.
+
+    ``key`` comes from :func:`cache_key`; a raw id that is not a plain name is hashed here too.
+    """
+    key = path_component(key)
+    shard = hashlib.blake2b(key.encode(), digest_size=1).hexdigest()
+    return Path(directory) / shard / f"{key}.{fmt}"
 
 
 @lru_cache(maxsize=1)

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ichdet.data.cache import entry_path, read_entry, read_settings
+from ichdet.data.cache import cache_key, entry_path, read_entry, read_settings
 from ichdet.labels import LABELS
 
 
@@ -36,6 +36,16 @@ def neighbour_rows(index: pd.DataFrame, context: int) -> np.ndarray:
     return out
 
 
+def entry_paths(frame: pd.DataFrame, directory: Path, fmt: str) -> list[Path]:
+    """The cache entry of every row (keyed by id, and by source for image files)."""
+    sources = frame["source"] if "source" in frame else [""] * len(frame)
+    kinds = frame["kind"] if "kind" in frame else ["dicom"] * len(frame)
+    return [
+        entry_path(directory, cache_key(i, s, k), fmt)
+        for i, s, k in zip(frame["image_id"], sources, kinds, strict=True)
+    ]
+
+
 class SliceDataset(Dataset):
     """Window stacks from a prepared cache, with labels (NaN where unknown).
 
@@ -49,24 +59,18 @@ class SliceDataset(Dataset):
         self.directory = Path(cache)
         self.settings = read_settings(self.directory)
         frame = index.reset_index(drop=True)
+        paths = entry_paths(frame, self.directory, self.settings.format)
         if check:
-            exists = np.array(
-                [
-                    entry_path(self.directory, i, self.settings.format).is_file()
-                    for i in frame["image_id"]
-                ],
-                dtype=bool,
-            )
+            exists = np.array([p.is_file() for p in paths], dtype=bool)
             self.missing = frame.loc[~exists, "image_id"].tolist()
             frame = frame[exists].reset_index(drop=True)
+            paths = [p for p, ok in zip(paths, exists, strict=True) if ok]
         else:
             self.missing = []
         self.index = frame
         self.context = context
         self.neighbours = neighbour_rows(frame, context)
-        self.paths = [
-            entry_path(self.directory, i, self.settings.format) for i in frame["image_id"]
-        ]
+        self.paths = paths
         labels = np.array(frame.reindex(columns=list(LABELS)), dtype=np.float32)
         self.labels = torch.from_numpy(labels)
 
@@ -78,7 +82,13 @@ class SliceDataset(Dataset):
         return len(self.index)
 
     def image(self, row: int) -> np.ndarray:
-        return read_entry(self.paths[row], self.settings.format, self.settings.channels)
+        path = self.paths[row]
+        try:
+            return read_entry(path, self.settings.format, self.settings.channels)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(
+                f"{path}: damaged cache entry ({exc}); run `ichdet prepare --verify` to redo it"
+            ) from exc
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.neighbours[i]

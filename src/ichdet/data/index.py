@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ichdet.data.folds import assign_folds
-from ichdet.dicom.read import DicomError, read_meta
+from ichdet.dicom.read import DicomError, read_hu, read_meta
 from ichdet.dicom.sources import (
     IMAGE_SUFFIXES,
     ZIP_SEP,
@@ -25,16 +27,20 @@ from ichdet.dicom.sources import (
     list_sources,
     open_source,
     open_text,
+    read_source,
     source_stem,
     split_source,
 )
 from ichdet.labels import LABELS, parse_kaggle_id
 from ichdet.util.atomic import atomic_path, write_text
-from ichdet.util.parallel import map_chunks
+from ichdet.util.parallel import WORKER_DIED, map_chunks
+from ichdet.util.tables import write_frame
 
 ID_COLUMNS = ["image_id", "study_id", "series_id", "patient_id"]
-#: Files that sit beside images in datasets and are not images: skipped without complaint.
+#: Files that sit beside images in datasets; listed as not images unless they hold DICOM.
 NOT_IMAGES = (".csv", ".json", ".txt", ".md", ".parquet", ".xlsx", ".pdf", ".html", ".npz")
+#: The reason given to such companion files; they are listed in the report, not as errors.
+NOT_AN_IMAGE = "not an image or DICOM file"
 KAGGLE_LABEL_FILES = ("stage_2_train.csv", "stage_1_train.csv")
 _SPLIT = re.compile(r"(?:^|[_\-/])(train|test)(?:$|[_\-/])", re.IGNORECASE)
 
@@ -101,10 +107,19 @@ def read_wide_labels(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
+def _has_dicom_magic(source: str) -> bool:
+    """``DICM`` at byte 128: a DICOM file whatever its name says."""
+    try:
+        with open_source(source) as stream:
+            return stream.read(132)[128:] == b"DICM"
+    except (ValueError, OSError, zipfile.BadZipFile, zlib.error, EOFError):
+        return False
+
+
 def _scan_one(source: str) -> dict | tuple[str, str]:
     suffix = os.path.splitext(split_source(source)[1] or source)[1].lower()
-    if suffix in NOT_IMAGES:
-        return (source, "")  # silently not an image
+    if suffix in NOT_IMAGES and not _has_dicom_magic(source):
+        return (source, NOT_AN_IMAGE)
     if suffix in IMAGE_SUFFIXES:
         return {"image_id": source_stem(source), "source": source, "kind": "image"}
     try:
@@ -137,9 +152,11 @@ def scan(
     sources: list[str], workers: int = 1, progress: Callable[[int], None] | None = None
 ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Header-read every source; returns (records, errors as (source, reason))."""
-    results = map_chunks(_scan_chunk, sources, workers, progress=progress)
+    results = map_chunks(
+        _scan_chunk, sources, workers, progress=progress, on_crash=lambda s: [(s, WORKER_DIED)]
+    )
     records = [r for r in results if isinstance(r, dict)]
-    errors = [r for r in results if isinstance(r, tuple) and r[1]]
+    errors = [r for r in results if isinstance(r, tuple)]
     return records, errors
 
 
@@ -172,12 +189,29 @@ def find_labels(
 
 
 def _drop_duplicates(df: pd.DataFrame, errors: list) -> pd.DataFrame:
-    dup = df.duplicated("image_id")
-    errors += [
-        (s, f"duplicate image id {i}")
-        for s, i in df.loc[dup, ["source", "image_id"]].itertuples(index=False)
-    ]
-    return df[~dup]
+    """One row per image id: of several files with one id (a re-send, a truncated copy), the
+    first whose pixels decode is kept; the others are listed."""
+    dup = df.duplicated("image_id", keep=False)
+    if not dup.any():
+        return df
+    drop = []
+    for image_id, group in df[dup].groupby("image_id", sort=False):
+        pairs = list(zip(group.index, group["source"], strict=True))
+        keep = next((i for i, s in pairs if _decodes(s)), group.index[0])
+        kept = df.at[keep, "source"]
+        drop += [i for i in group.index if i != keep]
+        errors += [
+            (s, f"duplicate image id {image_id}; kept {kept}") for i, s in pairs if i != keep
+        ]
+    return df.drop(index=drop)
+
+
+def _decodes(source: str) -> bool:
+    try:
+        read_hu(read_source(source))
+    except (DicomError, ValueError, OSError):
+        return False
+    return True
 
 
 def _fill_ids(df: pd.DataFrame, label_table: pd.DataFrame | None) -> pd.DataFrame:
@@ -217,10 +251,17 @@ def build_index(
     total: Callable[[int], None] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Index ``data``; returns (index, errors, report). See the module docstring."""
-    sources = list(list_sources(data))
+    skipped: list[tuple[str, str]] = []
+    sources = list(list_sources(data, skipped))
     total and total(len(sources))
     records, errors = scan(sources, workers, progress)
-    report: dict = {"files": len(sources), "errors": len(errors)}
+    not_images = [s for s, reason in errors if reason == NOT_AN_IMAGE]
+    errors = skipped + [e for e in errors if e[1] != NOT_AN_IMAGE]
+    report: dict = {
+        "files": len(sources) + len(skipped),
+        "errors": len(errors),
+        "not_images": not_images,  # labels CSVs and other companions: listed, not indexed
+    }
     label_table = find_labels(data, labels, report)
     df = pd.DataFrame(
         records, columns=[*ID_COLUMNS, "z", "instance_number", "rows", "columns", "source", "kind"]
@@ -262,8 +303,7 @@ def write_index(
     index_path, errors_path, report_path = index_paths(out)
     with atomic_path(index_path) as tmp:
         df.to_parquet(tmp, index=False)
-    with atomic_path(errors_path) as tmp:
-        errors.to_csv(tmp, index=False)
+    write_frame(errors_path, errors)
     write_text(report_path, json.dumps(report, indent=2) + "\n")
     return index_path
 

@@ -7,8 +7,6 @@ image, as a coarser scan would give), apply the windows, write. Parallel process
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Callable
 from functools import partial
@@ -18,13 +16,20 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from ichdet.data.cache import CacheSettings, cache_dir, entry_path, write_entry, write_settings
+from ichdet.data.cache import (
+    CacheSettings,
+    cache_dir,
+    cache_key,
+    entry_path,
+    write_entry,
+    write_settings,
+)
 from ichdet.data.windows import resize_image, resize_stack, to_uint8, window_stack
 from ichdet.dicom.read import DicomError, read_hu
 from ichdet.dicom.sources import read_source
-from ichdet.util.atomic import write_text
 from ichdet.util.memory import reuse_freed_memory
-from ichdet.util.parallel import map_chunks
+from ichdet.util.parallel import WORKER_DIED, map_chunks
+from ichdet.util.tables import write_csv
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,7 +73,7 @@ def _prepare_chunk(rows: list[Row], directory: str, settings: CacheSettings) -> 
         try:
             make = image_stack if kind == "image" else dicom_stack
             write_entry(
-                entry_path(directory, image_id, settings.format),
+                entry_path(directory, cache_key(image_id, source, kind), settings.format),
                 make(source, settings),
                 settings.format,
             )
@@ -105,15 +110,19 @@ def frame_rows(index: pd.DataFrame) -> list[Row]:
 
 def pending(rows: list[Row], directory: Path, fmt: str) -> list[Row]:
     """The rows whose cache entry does not exist yet."""
-    return [r for r in rows if not entry_path(directory, r[0], fmt).is_file()]
+    return [r for r in rows if not _entry_ok(entry_path(directory, cache_key(*r), fmt))]
 
 
-def write_errors(path: Path, failed: list[Row]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["image_id", "source", "reason"])
-    writer.writerows(failed)
-    write_text(path, buf.getvalue())
+def _entry_ok(path: Path) -> bool:
+    """An entry exists and is not empty (an entry emptied by a crash is prepared again)."""
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return False
+
+
+def _worker_died(row: Row) -> list[Row]:
+    return [(row[0], row[1], WORKER_DIED)]
 
 
 def prepare_rows(
@@ -132,8 +141,8 @@ def prepare_rows(
     todo = pending(rows, directory, settings.format)
     total and total(len(todo))
     work = partial(_prepare_chunk, directory=os.fspath(directory), settings=settings)
-    failed = map_chunks(work, todo, workers, max_chunk=64, progress=progress)
-    write_errors(directory / "errors.csv", failed)
+    failed = map_chunks(work, todo, workers, max_chunk=64, progress=progress, on_crash=_worker_died)
+    write_csv(directory / "errors.csv", ["image_id", "source", "reason"], failed)
     return directory, len(todo) - len(failed), len(rows) - len(todo), failed
 
 

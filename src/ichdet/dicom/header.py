@@ -124,7 +124,8 @@ def slice_meta(ds: pydicom.Dataset, fixes: tuple[str, ...] = ()) -> SliceMeta:
     ori = tuple(orientation) if len(orientation) == 6 else None
     z = slice_z(pos, ori)
     if math.isnan(z):  # older files without geometry: SliceLocation is the next best thing
-        z = first_number(ds.get("SliceLocation")) or math.nan
+        location = first_number(ds.get("SliceLocation"))
+        z = math.nan if location is None else location  # 0.0 is a position, not "missing"
     intercept = first_number(ds.get("RescaleIntercept"))
     slope = first_number(ds.get("RescaleSlope"))
     return SliceMeta(

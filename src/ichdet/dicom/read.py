@@ -28,7 +28,6 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -44,6 +43,8 @@ from ichdet.dicom.header import (
     slice_meta,
     text,
 )
+from ichdet.dicom.sources import regular_file_problem
+from ichdet.util.limits import limits
 
 Source = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
 
@@ -112,10 +113,21 @@ def _as_readable(source: Source) -> str | IO[bytes]:
     return source
 
 
+def _check_path(path: str, name: str) -> None:
+    if not os.path.lexists(path):
+        raise DicomError(name, "file not found")
+    problem = regular_file_problem(path)
+    if problem:
+        raise DicomError(name, problem)
+    size, cap = os.path.getsize(path), limits().max_file_bytes
+    if size > cap:
+        raise DicomError(name, f"file of {size} bytes is over the {cap}-byte cap")
+
+
 def _dcmread(source: Source, *, header_only: bool) -> pydicom.Dataset:
     name = source_name(source)
-    if isinstance(source, str | os.PathLike) and not Path(source).is_file():
-        raise DicomError(name, "file not found")
+    if isinstance(source, str | os.PathLike):
+        _check_path(os.fspath(source), name)
     readable = _as_readable(source)
     kwargs: dict[str, Any] = {}
     if header_only:
@@ -171,6 +183,29 @@ def _check_image(ds: pydicom.Dataset, name: str, require_ct: bool, header_only: 
     if not header_only and "PixelData" not in ds:
         kind = "float pixel data" if "FloatPixelData" in ds else "no pixel data"
         raise DicomError(name, f"{kind} (not an image slice)")
+    _check_size(ds, name)
+    if require_ct and ds.get("RescaleIntercept") is None:
+        raise DicomError(name, "CT slice without RescaleIntercept (HU cannot be known)")
+
+
+def _check_size(ds: pydicom.Dataset, name: str) -> None:
+    """Refuse, before any decoding, a slice whose pixels would cost more than the caps."""
+    rows, columns = int_or_none(ds, "Rows") or 0, int_or_none(ds, "Columns") or 0
+    if rows <= 0 or columns <= 0:
+        raise DicomError(name, f"image of {rows} x {columns} pixels")
+    cap = limits().max_pixels
+    if rows * columns > cap:
+        raise DicomError(
+            name,
+            f"slice of {rows} x {columns} pixels is over the {cap}-pixel cap "
+            "(ICHDET_MAX_PIXELS raises it)",
+        )
+    bits = int_or_none(ds, "BitsAllocated") or 16
+    if bits not in (8, 16, 32):
+        raise DicomError(name, f"unsupported BitsAllocated {bits}")
+    stored = int_or_none(ds, "BitsStored") or bits
+    if not 1 <= stored <= bits:
+        raise DicomError(name, f"BitsStored {stored} does not fit BitsAllocated {bits}")
 
 
 def read_meta(source: Source, *, require_ct: bool = True) -> SliceMeta:
@@ -202,7 +237,7 @@ def stored_to_hu(
     values = stored
     if monochrome1:
         bits = bits_stored or 16
-        values = values.astype(np.int32)
+        values = values.astype(np.int64)  # 32-bit stored values overflow int32 here
         values = -1 - values if pixel_representation == 1 else (1 << bits) - 1 - values
         fixes.append(FIX_MONOCHROME1)
     if bits_stored == 12 and pixel_representation == 0 and intercept > -100:

@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import io
 import os
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ichdet.data.cache import CacheSettings
 from ichdet.data.index import build_index, order_series
-from ichdet.data.prepare import dicom_stack, image_stack
-from ichdet.dicom.read import DicomError
 from ichdet.dicom.sources import find_member, open_text
 from ichdet.evaluation.metrics import from_long, to_long
+from ichdet.inference.decode import decode_ahead, series_chunks
 from ichdet.inference.runners import Runner
 from ichdet.labels import LABELS
-from ichdet.util.atomic import atomic_path
+from ichdet.util.jsonio import write_json
+from ichdet.util.tables import write_frame
 
 SAMPLE_SUBMISSIONS = ("stage_2_sample_submission.csv", "stage_1_sample_submission.csv")
 
@@ -39,6 +36,7 @@ class PredictResult:
     errors: pd.DataFrame
     submission: pd.DataFrame | None
     files: dict[str, Path]
+    missing: int = 0  # sample-submission images that were not predicted
 
 
 def load_input(
@@ -53,60 +51,6 @@ def load_input(
     if sample is not None:
         index = index[index["split"] == "test"]
     return index.reset_index(drop=True), errors, sample
-
-
-def series_inputs(
-    rows: list[tuple[str, str, str]], settings: CacheSettings, context: int
-) -> tuple[list[str], np.ndarray | None, list[tuple[str, str]]]:
-    """Decode one series (rows in z order) -> (image ids, model inputs, errors)."""
-    stacks, ids, errors = [], [], []
-    for image_id, source, kind in rows:
-        try:
-            make = image_stack if kind == "image" else dicom_stack
-            stacks.append(make(source, settings))
-            ids.append(image_id)
-        except DicomError as exc:
-            errors.append((source, exc.reason))
-        except (ValueError, OSError) as exc:
-            errors.append((source, str(exc)))
-        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
-            errors.append((source, f"{type(exc).__name__}: {exc}"))
-    if not stacks:
-        return [], None, errors
-    volume = np.stack(stacks)  # N x C x H x W, in slice order
-    if context:
-        n = len(volume)
-        neighbours = [
-            volume[np.clip(np.arange(n) + o, 0, n - 1)] for o in range(-context, context + 1)
-        ]
-        volume = np.concatenate(neighbours, axis=1)
-    return ids, volume, errors
-
-
-def _decode_ahead(
-    pool: Executor | None,
-    series: list[list[tuple[str, str, str]]],
-    settings: CacheSettings,
-    context: int,
-    depth: int,
-) -> Iterator:
-    """Yield decoded series in order, keeping up to ``depth`` decodes running ahead."""
-    if pool is None:
-        for rows in series:
-            yield series_inputs(rows, settings, context)
-        return
-    queue: deque[Future] = deque()
-    pending = iter(series)
-    for rows in pending:
-        queue.append(pool.submit(series_inputs, rows, settings, context))
-        if len(queue) >= depth:
-            break
-    while queue:
-        result = queue.popleft().result()
-        for rows in pending:
-            queue.append(pool.submit(series_inputs, rows, settings, context))
-            break
-        yield result
 
 
 def study_table(slices: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
@@ -130,32 +74,52 @@ def score_series(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Probabilities for every row of ``index``, series by series (decoded ahead in
-    ``workers`` processes); returns (image_id + six labels, errors)."""
-    series = [
-        list(g[["image_id", "source", "kind"]].itertuples(index=False, name=None))
-        for _, g in index.groupby(["study_id", "series_id"], sort=False)
-    ]
+    ``workers`` processes, in bounded chunks); returns (image_id + six labels, errors)."""
     spec = runner.spec
+    chunks = [
+        chunk
+        for _, g in index.groupby(["study_id", "series_id"], sort=False)
+        for chunk in series_chunks(
+            list(g[["image_id", "source", "kind"]].itertuples(index=False, name=None)),
+            spec.context,
+        )
+    ]
     ids: list[str] = []
     probs: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
-    try:
-        for series_ids, volume, errs in _decode_ahead(
-            pool, series, spec.settings, spec.context, depth=2 * max(1, workers)
-        ):
-            errors += errs
-            if volume is not None:
-                probs.append(runner(volume))
-                ids += series_ids
-            if progress:
-                progress(len(series_ids) + len(errs))
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    depth = 2 * max(1, workers)
+    for chunk_ids, volume, errs in decode_ahead(
+        chunks, spec.settings, spec.context, workers, depth
+    ):
+        errors += errs
+        if volume is not None:
+            probs.append(runner(volume))
+            ids += chunk_ids
+        if progress:
+            progress(len(chunk_ids) + len(errs))
     table = pd.DataFrame(np.concatenate(probs) if probs else np.zeros((0, 6)), columns=LABELS)
     table.insert(0, "image_id", ids)
     return table, errors
+
+
+#: What predict writes; stale copies are removed first, the manifest is written last.
+OUTPUTS = ("slices", "studies", "errors", "submission")
+MANIFEST = "manifest.json"
+
+
+def write_outputs(out: Path, frames: dict[str, pd.DataFrame], runner: Runner) -> dict[str, Path]:
+    """The CSVs (formula-safe), then ``manifest.json`` naming them: a crash leaves no stale
+    file of an earlier run beside new ones, and a folder without a manifest is incomplete."""
+    for name in (*[f"{k}.csv" for k in OUTPUTS], MANIFEST):
+        (out / name).unlink(missing_ok=True)
+    files = {key: write_frame(out / f"{key}.csv", frame) for key, frame in frames.items()}
+    manifest = {
+        "files": {key: path.name for key, path in files.items()},
+        "rows": {key: len(frame) for key, frame in frames.items()},
+        "models": [Path(n).name for n in runner.names],
+    }
+    write_json(out / MANIFEST, manifest)
+    return files
 
 
 def predict(
@@ -181,27 +145,31 @@ def predict(
     meta = index.set_index("image_id")[["study_id", "series_id", "z"]]
     slices = table.join(meta, on="image_id")[["image_id", "study_id", "series_id", "z", *LABELS]]
     studies = study_table(slices, runner.thresholds)
-    errors_df = pd.DataFrame(
-        [*errors.itertuples(index=False, name=None), *errs], columns=["source", "reason"]
-    )
-    outputs = {"slices": slices, "studies": studies, "errors": errors_df}
-    submission = kaggle_submission(slices, sample) if sample is not None else None
-    if submission is not None:
-        outputs["submission"] = submission
-    files = {key: out / f"{key}.csv" for key in outputs}
-    for key, frame in outputs.items():
-        with atomic_path(files[key]) as tmp:
-            frame.to_csv(tmp, index=False)
-    return PredictResult(index, slices, studies, errors_df, submission, files)
+    error_rows = [*errors.itertuples(index=False, name=None), *errs]
+    frames = {"slices": slices, "studies": studies}
+    submission, missing = None, 0
+    if sample is not None:
+        submission, unpredicted = kaggle_submission(slices, sample)
+        missing = len(unpredicted)
+        error_rows += [(f"{i} (sample submission)", NOT_PREDICTED) for i in unpredicted]
+        frames["submission"] = submission
+    errors_df = pd.DataFrame(error_rows, columns=["source", "reason"])
+    files = write_outputs(out, {**frames, "errors": errors_df}, runner)
+    return PredictResult(index, slices, studies, errors_df, submission, files, missing)
 
 
-def kaggle_submission(slices: pd.DataFrame, sample_source: str) -> pd.DataFrame:
-    """Predictions in the sample submission's ids and order; images that could not be read
-    get the mean prediction of the test set (and are listed in errors.csv)."""
+NOT_PREDICTED = "not predicted (missing or unreadable); filled with the mean prediction"
+
+
+def kaggle_submission(slices: pd.DataFrame, sample_source: str) -> tuple[pd.DataFrame, list[str]]:
+    """Predictions in the sample submission's ids and order, and the ids that were not
+    predicted (missing or unreadable images; filled with the test set's mean prediction)."""
     sample = pd.read_csv(io.StringIO(open_text(sample_source)))
     wide = from_long(to_long(slices["image_id"].tolist(), slices[list(LABELS)].to_numpy()))
     fallback = wide.mean() if len(wide) else pd.Series(0.5, index=list(LABELS))
     wanted = from_long(sample.assign(Label=0.0)).index
+    unpredicted = [str(i) for i in wanted.difference(wide.index)]
     filled = wide.reindex(wanted).fillna(fallback)
     values = to_long(filled.index.tolist(), filled.to_numpy()).set_index("ID")["Label"]
-    return pd.DataFrame({"ID": sample["ID"], "Label": values.loc[sample["ID"]].to_numpy()})
+    frame = pd.DataFrame({"ID": sample["ID"], "Label": values.loc[sample["ID"]].to_numpy()})
+    return frame, unpredicted

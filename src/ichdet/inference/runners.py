@@ -139,10 +139,17 @@ class OnnxRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            os.fspath(path), options, providers=["CPUExecutionProvider"]
-        )
-        meta = json.loads(self.session.get_modelmeta().custom_metadata_map[ONNX_META_KEY])
+        try:
+            self.session = ort.InferenceSession(
+                os.fspath(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ValueError(f"{path}: not a loadable ONNX model ({reason})") from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
+        if raw is None:
+            raise ValueError(f"{path}: not an ichdet model (no '{ONNX_META_KEY}' metadata)")
+        meta = json.loads(raw)
         self.spec = InputSpec(CacheSettings.from_dict(meta["cache_settings"]), int(meta["context"]))
         self.thresholds = meta.get("thresholds") or default_thresholds()
         self.input_name = self.session.get_inputs()[0].name

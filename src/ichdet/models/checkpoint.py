@@ -31,8 +31,45 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load`` that runs no code: tensors, dicts, lists, numbers and strings only.
+
+    Anything else (a crafted pickle, a truncated or foreign file) is a one-line ValueError.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ValueError(f"{path}: not a valid checkpoint or weights file ({reason})") from None
+
+
+def read_weights_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A local weights file (.pt/.pth/.bin via :func:`read_torch_file`, or .safetensors) -> the
+    dict it holds; an ichdet checkpoint stays whole, a timm/torchvision checkpoint is unwrapped
+    to its state dict (EMA weights first, as timm does)."""
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(os.fspath(path)))
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"{path}: not a valid safetensors file ({exc})") from None
+    loaded = read_torch_file(path)
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: holds a {type(loaded).__name__}, not a state dict")
+    if "ichdet" in loaded:
+        return loaded
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(loaded.get(key), dict):
+            return loaded[key]
+    return loaded
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """An ichdet checkpoint, loaded without running code; ValueError for anything else."""
+    ckpt = read_torch_file(path)
     if not isinstance(ckpt, dict) or "ichdet" not in ckpt:
         raise ValueError(f"{path}: not an ichdet checkpoint")
     ckpt.setdefault("kind", DEFAULT_KIND)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ichdet.labels import LABELS
+from ichdet.models.checkpoint import read_weights_file
 from ichdet.models.registry import register
 
 #: The registry key of this model and of its checkpoints.
@@ -76,23 +77,18 @@ def build_model(
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"{weights}: weights file not found")
-        loaded = _read_weights(path)
-        if isinstance(loaded, dict) and "ichdet" in loaded:
+        loaded = read_weights_file(path)
+        if "ichdet" in loaded:
             ichdet_state = loaded["model"]
-        else:  # timm's own loader handles state dicts, checkpoints and channel/head adaptation
-            kwargs["pretrained_cfg_overlay"] = {"file": os.fspath(path), "num_classes": 1000}
+        else:  # timm adapts the first convolution and the head of a state dict we loaded safely
+            state = {k.removeprefix("module."): v for k, v in loaded.items()}
+            kwargs["pretrained_cfg_overlay"] = {"state_dict": state, "num_classes": 1000}
             pretrained = True
     backbone = timm.create_model(config.name, pretrained=pretrained, **kwargs)
     model = ICHNet(backbone, config.in_chans)
     if ichdet_state is not None:
         load_matching(model, ichdet_state)
     return model
-
-
-def _read_weights(path: Path) -> Any:
-    if path.suffix == ".safetensors":
-        return {}  # timm reads safetensors itself
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:

@@ -133,6 +133,17 @@ ONNX_NOTE = (
 )
 
 
+def _heatmap_note(heatmapper: HeatMapper | None, models: int) -> str:
+    if heatmapper is None:
+        return ONNX_NOTE
+    if models > 1:
+        return (
+            f"<p class='note'>Probabilities are the mean of {models} models; heat maps show "
+            "where the first of them looked.</p>"
+        )
+    return ""
+
+
 def study_report(
     study: pd.DataFrame,
     summary: pd.Series,
@@ -141,6 +152,7 @@ def study_report(
     thresholds: dict[str, float],
     heatmapper: HeatMapper | None,
     out: str | os.PathLike,
+    models: int = 1,
 ) -> Path:
     """Write one study's HTML. ``study``: its slices.csv rows in z order; ``inputs``: model
     inputs by image id (for the heat maps); ``sources``: image id -> source."""
@@ -160,7 +172,7 @@ reaches the model's operating threshold.</p>
 </tr>{_summary_rows(summary, thresholds)}</table>
 <h2>Probability along the slices</h2>
 <img class='curve' src='{_curve(study, list(LABELS), thresholds)}' alt='all labels'>
-{"" if heatmapper is not None else ONNX_NOTE}{"".join(sections)}
+{_heatmap_note(heatmapper, models)}{"".join(sections)}
 <p class="disclaimer">Research software (ichdet); not a medical device. Findings must be
 confirmed by a radiologist.</p>
 </body></html>

@@ -21,8 +21,9 @@ from ichdet.labels import LABELS
 from ichdet.training.config import TrainConfig, recipe_text
 from ichdet.training.distributed import setup_distributed
 from ichdet.training.slice_task import fit
-from ichdet.util.atomic import atomic_path, write_text
+from ichdet.util.atomic import write_text
 from ichdet.util.jsonio import read_json, write_json
+from ichdet.util.tables import write_frame
 
 FitFold = Callable[..., dict[str, Any]]
 
@@ -70,8 +71,7 @@ def out_of_fold(
 ) -> dict[str, Any]:
     """Join the folds' validation predictions; write oof_predictions.csv, cv.json, thresholds."""
     oof = pd.concat([pd.read_csv(out / f"fold_{f}" / "valid_predictions.csv") for f in folds])
-    with atomic_path(out / "oof_predictions.csv") as tmp:
-        oof.to_csv(tmp, index=False)
+    write_frame(out / "oof_predictions.csv", oof)
     wide = from_long(oof)
     truth = index.set_index("image_id").loc[wide.index, list(LABELS)].to_numpy(dtype=np.float64)
     probs = wide.to_numpy()

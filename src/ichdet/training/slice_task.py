@@ -34,8 +34,8 @@ from ichdet.models.slice_cnn import KIND, ModelConfig, build_model
 from ichdet.training.config import TrainConfig
 from ichdet.training.distributed import Runtime
 from ichdet.training.loop import OnStep, train
-from ichdet.util.atomic import atomic_path
 from ichdet.util.jsonio import write_json
+from ichdet.util.tables import write_frame
 
 
 def weighted_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -165,8 +165,7 @@ class SliceTask:
 
     def write_outputs(self, out: Path, probs: np.ndarray) -> None:
         frame = to_long(self.valid_set.index["image_id"].tolist(), probs)
-        with atomic_path(out / "valid_predictions.csv") as tmp:
-            frame.to_csv(tmp, index=False)
+        write_frame(out / "valid_predictions.csv", frame)
         target = self.cfg.target_sensitivity
         write_json(
             out / "thresholds.json",

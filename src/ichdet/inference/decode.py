@@ -1,0 +1,160 @@
+"""Model inputs for prediction: each series decoded in chunks, ahead of the model, in workers.
+
+Memory is bounded: a series is decoded in chunks of at most ``CHUNK_SLICES`` slices (plus the
+``context`` neighbours on each side that the chunk's edge slices need), and at most ``depth``
+chunks are in flight, so a 5,000-slice series or a wide ``--workers`` never holds more than
+``depth x (CHUNK_SLICES + 2 x context)`` slices. A worker that dies (out of memory, a decoder
+crash) breaks the pool: the chunk is then decoded slice by slice in fresh one-process pools to
+find the file that kills it, which is reported; the rest of the run goes on in a new pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Generator, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import numpy as np
+
+from ichdet.data.cache import CacheSettings
+from ichdet.data.prepare import dicom_stack, image_stack
+from ichdet.dicom.read import DicomError
+from ichdet.util.memory import reuse_freed_memory
+from ichdet.util.parallel import WORKER_DIED
+
+Row = tuple[str, str, str]  # image_id, source, kind
+Decoded = tuple[list[str], np.ndarray | None, list[tuple[str, str]]]
+
+#: Slices decoded at once from one series (256 px, 3 windows, context 1: ~450 MiB at most).
+CHUNK_SLICES = 256
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows of one series to decode; only ``rows[keep_from:keep_to]`` are output (the rest are
+    neighbours that give the edge slices their context)."""
+
+    rows: list[Row]
+    keep_from: int
+    keep_to: int
+
+
+def series_chunks(rows: list[Row], context: int, size: int = CHUNK_SLICES) -> list[Chunk]:
+    """A series (rows in z order) cut into chunks of ``size`` kept slices with margins."""
+    chunks = []
+    for start in range(0, len(rows), size):
+        stop = min(len(rows), start + size)
+        low, high = max(0, start - context), min(len(rows), stop + context)
+        chunks.append(Chunk(rows[low:high], start - low, stop - low))
+    return chunks
+
+
+def series_inputs(rows: list[Row], settings: CacheSettings, context: int) -> Decoded:
+    """Decode one series (rows in z order) -> (image ids, model inputs, errors)."""
+    reuse_freed_memory()
+    stacks, ids, errors = [], [], []
+    for image_id, source, kind in rows:
+        try:
+            make = image_stack if kind == "image" else dicom_stack
+            stacks.append(make(source, settings))
+            ids.append(image_id)
+        except DicomError as exc:
+            errors.append((source, exc.reason))
+        except (ValueError, OSError) as exc:
+            errors.append((source, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
+            errors.append((source, f"{type(exc).__name__}: {exc}"))
+    if not stacks:
+        return [], None, errors
+    volume = np.stack(stacks)  # N x C x H x W, in slice order
+    if context:
+        n = len(volume)
+        neighbours = [
+            volume[np.clip(np.arange(n) + o, 0, n - 1)] for o in range(-context, context + 1)
+        ]
+        volume = np.concatenate(neighbours, axis=1)
+    return ids, volume, errors
+
+
+def chunk_inputs(chunk: Chunk, settings: CacheSettings, context: int) -> Decoded:
+    """:func:`series_inputs` of a chunk, keeping only its own slices (and their errors)."""
+    ids, volume, errors = series_inputs(chunk.rows, settings, context)
+    own = chunk.rows[chunk.keep_from : chunk.keep_to]
+    own_ids, own_sources = {r[0] for r in own}, {r[1] for r in own}
+    errors = [e for e in errors if e[0] in own_sources]
+    if volume is None:
+        return [], None, errors
+    keep = [i for i, image_id in enumerate(ids) if image_id in own_ids]
+    return [ids[i] for i in keep], (volume[keep] if keep else None), errors
+
+
+def _isolate(chunk: Chunk, settings: CacheSettings, context: int) -> Decoded:
+    """After a worker died on ``chunk``: find the slices that kill a process, one per fresh
+    pool, then decode the chunk without them (in a fresh pool too)."""
+    deadly = set()
+    for row in chunk.rows:
+        with ProcessPoolExecutor(max_workers=1) as pool:
+            try:
+                pool.submit(series_inputs, [row], settings, 0).result()
+            except BrokenProcessPool:
+                deadly.add(row)
+    rows = [r for r in chunk.rows if r not in deadly]
+    own = chunk.rows[chunk.keep_from : chunk.keep_to]
+    kept = [r for r in own if r not in deadly]
+    errors = [(r[1], WORKER_DIED) for r in own if r in deadly]
+    if not kept:
+        return [], None, errors
+    first, last = rows.index(kept[0]), rows.index(kept[-1]) + 1
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        ids, volume, more = pool.submit(
+            chunk_inputs, Chunk(rows, first, last), settings, context
+        ).result()
+    return ids, volume, errors + more
+
+
+def decode_ahead(
+    chunks: list[Chunk], settings: CacheSettings, context: int, workers: int, depth: int
+) -> Iterator[Decoded]:
+    """Yield every chunk's inputs in order, with up to ``depth`` decodes running ahead in
+    ``workers`` processes (in this process when ``workers`` <= 1)."""
+    if workers <= 1:
+        for chunk in chunks:
+            yield chunk_inputs(chunk, settings, context)
+        return
+    position = 0
+    while position < len(chunks):
+        crashed = yield from _run_pool(chunks, position, settings, context, workers, depth)
+        if crashed is None:
+            return
+        yield _isolate(chunks[crashed], settings, context)
+        position = crashed + 1
+
+
+def _run_pool(
+    chunks: list[Chunk],
+    start: int,
+    settings: CacheSettings,
+    context: int,
+    workers: int,
+    depth: int,
+) -> Generator[Decoded, None, int | None]:
+    """Decode ``chunks[start:]`` in one pool; returns the chunk whose worker died, or None."""
+    upcoming = iter(range(start, len(chunks)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        queue: deque[tuple[int, Future]] = deque(
+            (k, pool.submit(chunk_inputs, chunks[k], settings, context))
+            for k in itertools.islice(upcoming, max(1, depth))
+        )
+        while queue:
+            k, future = queue.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                return k
+            for nxt in itertools.islice(upcoming, 1):
+                queue.append((nxt, pool.submit(chunk_inputs, chunks[nxt], settings, context)))
+            yield result
+    return None
