@@ -99,7 +99,7 @@ def run_demo(
     stage("prepare", t)
     t = time.perf_counter()
     train_cfg = train_config(cfg, out)
-    metrics = fit(train_cfg, log=log)
+    metrics = fit(train_cfg, log=log, force=True)  # the demo owns its folder
     stage("train", t)
     t = time.perf_counter()
     result = predict(load_runner([out / "run"]), out / "data", out / "predict", workers=cfg.workers)

@@ -105,6 +105,9 @@ def prepare(
         help="zstd (default, fastest compressed) | zlib | png (viewable) | npy (raw, largest)",
     ),
     workers: int = typer.Option(1, help="parallel processes"),
+    verify: bool = typer.Option(
+        False, "--verify", help="decode every existing entry; redo damaged ones"
+    ),
 ) -> None:
     """Resized uint8 window stacks for every indexed image (resumable)."""
     import time
@@ -130,6 +133,7 @@ def prepare(
             workers=workers,
             progress=advance,
             total=advance.set_total,
+            verify=verify,
         )
     seconds = time.perf_counter() - start
     rate = f" ({written / seconds:.0f} images/s)" if written else ""

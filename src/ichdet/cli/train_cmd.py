@@ -55,11 +55,9 @@ def _config_parameter() -> inspect.Parameter:
     )
 
 
-def _resume_parameter() -> inspect.Parameter:
-    resume = typer.Option(False, "--resume", help="continue from RUN/last.pt")
-    return inspect.Parameter(
-        "resume", inspect.Parameter.KEYWORD_ONLY, default=resume, annotation=bool
-    )
+def _flag_parameter(name: str, help_text: str) -> inspect.Parameter:
+    option = typer.Option(False, f"--{name}", help=help_text)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=bool)
 
 
 def settings_from(values: dict[str, Any]) -> TrainConfig:
@@ -76,13 +74,13 @@ def settings_from(values: dict[str, Any]) -> TrainConfig:
 
 def train(**values: Any) -> None:
     """Train EfficientNet (any timm model) on one fold or all folds; validate every epoch."""
-    resume = values.pop("resume")
+    resume, force = values.pop("resume"), values.pop("force")
     try:
         cfg = settings_from(values)
         if cfg.all_folds:
             from ichdet.training.cv import fit_all
 
-            cv = fit_all(cfg, resume=resume, log=console.print)
+            cv = fit_all(cfg, resume=resume, log=console.print, force=force)
             if cv:
                 console.print(
                     f"CV weighted log loss {cv['cv_weighted_log_loss']:.4f} "
@@ -91,7 +89,7 @@ def train(**values: Any) -> None:
             return
         from ichdet.training.slice_task import fit
 
-        report = fit(cfg, resume=resume, log=console.print)
+        report = fit(cfg, resume=resume, log=console.print, force=force)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     console.print(
@@ -106,7 +104,13 @@ def _install_signature() -> None:
     rank = {name: i for i, name in enumerate(TrainConfig.FIRST)}
     ordered = sorted(fields(TrainConfig), key=lambda f: rank.get(f.name, len(rank)))
     params = [_parameter(f, hints[f.name]) for f in ordered]
-    params = [params[0], _config_parameter(), *params[1:], _resume_parameter()]
+    params = [
+        params[0],
+        _config_parameter(),
+        *params[1:],
+        _flag_parameter("resume", "continue from RUN/last.pt"),
+        _flag_parameter("force", "replace an earlier run in RUN (default: refuse)"),
+    ]
     train.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
     train.__annotations__ = {p.name: p.annotation for p in params}
 

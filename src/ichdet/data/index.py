@@ -299,12 +299,18 @@ def index_paths(out: str | os.PathLike) -> tuple[Path, Path, Path]:
 def write_index(
     df: pd.DataFrame, errors: pd.DataFrame, report: dict, out: str | os.PathLike
 ) -> Path:
-    """Write the index (parquet), its errors (CSV) and report (JSON), each atomically."""
+    """Write the index (parquet), its errors (CSV) and report (JSON), each atomically.
+
+    The files of an earlier index at ``out`` are removed first and the parquet is written
+    last, so a crash never leaves a new errors list beside a stale index.
+    """
     index_path, errors_path, report_path = index_paths(out)
-    with atomic_path(index_path) as tmp:
-        df.to_parquet(tmp, index=False)
+    for path in (index_path, errors_path, report_path):
+        path.unlink(missing_ok=True)
     write_frame(errors_path, errors)
     write_text(report_path, json.dumps(report, indent=2) + "\n")
+    with atomic_path(index_path) as tmp:
+        df.to_parquet(tmp, index=False)
     return index_path
 
 

@@ -21,6 +21,7 @@ from ichdet.data.cache import (
     cache_dir,
     cache_key,
     entry_path,
+    read_entry,
     write_entry,
     write_settings,
 )
@@ -108,17 +109,32 @@ def frame_rows(index: pd.DataFrame) -> list[Row]:
     return list(frame[list(ROW_COLUMNS)].itertuples(index=False, name=None))
 
 
-def pending(rows: list[Row], directory: Path, fmt: str) -> list[Row]:
-    """The rows whose cache entry does not exist yet."""
-    return [r for r in rows if not _entry_ok(entry_path(directory, cache_key(*r), fmt))]
+def pending(
+    rows: list[Row], directory: Path, settings: CacheSettings, verify: bool = False
+) -> list[Row]:
+    """The rows whose cache entry is missing or empty, or with ``verify`` does not decode.
+
+    Entries are renamed into place whole, but without an fsync per file a crash can still
+    leave one empty or cut short on some file systems: the size check is free, the full
+    check (``ichdet prepare --verify``) decodes every entry.
+    """
+    fmt = settings.format
+    return [
+        r
+        for r in rows
+        if not _entry_ok(entry_path(directory, cache_key(*r), fmt), settings, verify)
+    ]
 
 
-def _entry_ok(path: Path) -> bool:
-    """An entry exists and is not empty (an entry emptied by a crash is prepared again)."""
+def _entry_ok(path: Path, settings: CacheSettings, verify: bool) -> bool:
     try:
-        return os.stat(path).st_size > 0
-    except OSError:
+        if os.stat(path).st_size == 0:
+            return False
+        if verify:
+            read_entry(path, settings.format, settings.channels)
+    except (OSError, ValueError, EOFError):
         return False
+    return True
 
 
 def _worker_died(row: Row) -> list[Row]:
@@ -132,13 +148,14 @@ def prepare_rows(
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
+    verify: bool = False,
 ) -> tuple[Path, int, int, list[Row]]:
     """Fill the cache for ``rows``; returns (cache dir, written, already there, failures as
     (image_id, source, reason)); the failures are also in ``errors.csv`` of the cache dir."""
     directory = cache_dir(root, settings)
     directory.mkdir(parents=True, exist_ok=True)
     write_settings(directory, settings)
-    todo = pending(rows, directory, settings.format)
+    todo = pending(rows, directory, settings, verify)
     total and total(len(todo))
     work = partial(_prepare_chunk, directory=os.fspath(directory), settings=settings)
     failed = map_chunks(work, todo, workers, max_chunk=64, progress=progress, on_crash=_worker_died)

@@ -57,14 +57,31 @@ def default_thresholds() -> dict[str, float]:
     return dict.fromkeys(LABELS, 0.5)
 
 
-def _thresholds_near(checkpoint: Path) -> dict[str, float] | None:
-    """thresholds.json beside a checkpoint, or in the run above a fold."""
-    for folder in (checkpoint.parent, checkpoint.parent.parent):
-        path = folder / "thresholds.json"
-        if path.is_file():
-            data = json.loads(path.read_text())
-            return {k: float(v["threshold"]) for k, v in data["labels"].items()}
-    return None
+def _read_thresholds(folder: Path) -> dict[str, float] | None:
+    path = folder / "thresholds.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return {k: float(v["threshold"]) for k, v in data["labels"].items()}
+
+
+def run_thresholds(checkpoints: list[Path]) -> dict[str, float] | None:
+    """The operating thresholds that belong to these checkpoints.
+
+    An ensemble of the folds of one CV run uses the run's out-of-fold thresholds (RUN/), not
+    one fold's; a single checkpoint uses its own run's, else the run above its fold.
+    """
+    if len(checkpoints) > 1:
+        runs = {p.parent.parent for p in checkpoints}
+        if len(runs) == 1 and (found := _read_thresholds(runs.pop())) is not None:
+            return found
+    first = checkpoints[0]
+    return _read_thresholds(first.parent) or _read_thresholds(first.parent.parent)
+
+
+def short_name(checkpoint: Path) -> str:
+    """``fold_0/best.pt``: enough to tell the models apart, no local absolute path."""
+    return f"{checkpoint.parent.name}/{checkpoint.name}"
 
 
 class TorchRunner:
@@ -83,7 +100,7 @@ class TorchRunner:
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.tta, self.batch_size = tta, batch_size
         self.models: list[nn.Module] = []
-        specs, found = [], []
+        specs = []
         for path in checkpoints:
             ckpt = load_checkpoint(path)
             if ckpt["kind"] != "slice_cnn":
@@ -96,12 +113,12 @@ class TorchRunner:
                     CacheSettings.from_dict(ckpt["cache_settings"]), int(ckpt.get("context", 0))
                 )
             )
-            found.append(_thresholds_near(Path(path)))
         if any(s != specs[0] for s in specs):
             raise ValueError("the models of an ensemble must share size, windows and context")
         self.spec = specs[0]
-        self.thresholds = found[0] or default_thresholds()
-        self.names = [str(p) for p in checkpoints]
+        paths = [Path(p) for p in checkpoints]
+        self.thresholds = run_thresholds(paths) or default_thresholds()
+        self.names = [short_name(p) for p in paths]
 
     def heatmap_model(self) -> nn.Module | None:
         return self.models[0]
@@ -154,7 +171,7 @@ class OnnxRunner:
         self.thresholds = meta.get("thresholds") or default_thresholds()
         self.input_name = self.session.get_inputs()[0].name
         self.tta, self.batch_size = tta, batch_size
-        self.names = [os.fspath(path)]
+        self.names = [Path(path).name]
 
     def heatmap_model(self) -> nn.Module | None:
         return None  # no gradients in an ONNX Runtime session

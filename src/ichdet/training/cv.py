@@ -20,6 +20,7 @@ from ichdet.evaluation.metrics import (
 from ichdet.labels import LABELS
 from ichdet.training.config import TrainConfig, recipe_text
 from ichdet.training.distributed import setup_distributed
+from ichdet.training.runs import check_run_folder
 from ichdet.training.slice_task import fit
 from ichdet.util.atomic import write_text
 from ichdet.util.jsonio import read_json, write_json
@@ -39,6 +40,7 @@ def fit_all(
     resume: bool = False,
     log: Callable[[str], None] = print,
     fit_fold: FitFold = fit,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train every fold (``fit_fold`` of one fold's config); write out-of-fold predictions,
     ``cv.json`` and out-of-fold thresholds. A complete fold is skipped on ``resume``."""
@@ -47,6 +49,7 @@ def fit_all(
     folds = index_folds(index)
     out = Path(str(cfg.out))
     d, _ = setup_distributed(cfg.device)
+    check_run_folder(out, resume, force)
     if d.main:
         write_text(
             out / "config.yaml",
@@ -59,7 +62,7 @@ def fit_all(
             log(f"fold {fold}: already complete")
         else:
             fold_cfg = replace(cfg, fold=fold, out=str(out / f"fold_{fold}"))
-            fit_fold(fold_cfg, resume=resume, log=log)
+            fit_fold(fold_cfg, resume=resume, log=log, force=force)
         scores[fold] = read_json(done)["weighted_log_loss"]
     if not d.main:
         return {}

@@ -34,7 +34,12 @@ from ichdet.training.distributed import (
     make_runtime,
     seed_everything,
 )
-from ichdet.training.runs import write_log, write_run_config
+from ichdet.training.runs import (
+    check_run_folder,
+    checkpoint_config,
+    write_log,
+    write_run_config,
+)
 from ichdet.util.jsonio import write_json
 from ichdet.util.progress import progress_bar
 
@@ -320,19 +325,33 @@ def finish(task: Task, state: TrainState, rt: Runtime, cfg: LoopConfig) -> dict[
     return report
 
 
+def _open_run(task: Task, cfg: LoopConfig, rt: Runtime, out: Path) -> dict[str, Any]:
+    """What every checkpoint of the run carries; rank 0 writes the run's config files."""
+    meta = {"kind": task.kind, "train_config": checkpoint_config(cfg), **task.checkpoint_meta()}
+    if rt.dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        details = {"world_size": rt.dist.world, "device": str(rt.device), "amp": rt.amp}
+        write_run_config(out, cfg, {**meta, **details, **task.run_details()})
+    return meta
+
+
 def train(
     task: Task,
     cfg: LoopConfig,
     resume: bool = False,
     on_step: OnStep | None = None,
     log: Log = print,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train ``task`` into ``cfg.out``; returns the final report (also in metrics.json).
 
-    ``on_step(epoch, update)`` is called after every optimiser update (progress, tests).
+    ``on_step(epoch, update)`` is called after every optimiser update (progress, tests). A
+    folder holding an earlier run is refused unless ``resume`` or ``force`` (replace it).
     """
     rt = make_runtime(cfg.device, cfg.amp, cfg.channels_last)
     out = Path(str(cfg.out))
+    check_run_folder(out, resume, force)
+    rt.dist.barrier()  # every rank checked before rank 0 writes
     schedule = plan_schedule(len(task.train_set), cfg, rt.dist)  # type: ignore[arg-type]
     state = build_state(task, cfg, rt, schedule)
     if resume:
@@ -341,11 +360,7 @@ def train(
     if rt.dist.active:
         ids = [rt.device.index] if rt.device.type == "cuda" else None
         net = DistributedDataParallel(state.model, device_ids=ids)
-    meta = {"kind": task.kind, "train_config": cfg.to_dict(), **task.checkpoint_meta()}
-    if rt.dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        details = {"world_size": rt.dist.world, "device": str(rt.device), "amp": rt.amp}
-        write_run_config(out, cfg, {**meta, **details, **task.run_details()})
+    meta = _open_run(task, cfg, rt, out)
     d = rt.dist
     sampler: DistributedSampler = DistributedSampler(
         task.train_set, d.world, d.rank, shuffle=True, seed=cfg.seed, drop_last=d.active

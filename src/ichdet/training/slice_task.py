@@ -79,6 +79,11 @@ def _cache_matches(settings: CacheSettings, size: int, windows: list[str]) -> bo
     return settings.size == size and [w.name for w in settings.windows] == windows
 
 
+#: Images without a cache entry that a run accepts (and reports): at most this many, or share.
+MAX_MISSING = 10
+MAX_MISSING_SHARE = 0.001
+
+
 class SliceTask:
     """One fold of the slice CNN (see ``ichdet.training.loop.Task``)."""
 
@@ -109,6 +114,14 @@ class SliceTask:
         self.valid_set = SliceDataset(valid_df, directory, context=cfg.context)
         if len(self.train_set) == 0 or len(self.valid_set) == 0:
             raise ValueError(f"fold {self.fold}: no cached training or validation images")
+        self.missing = self.train_set.missing + self.valid_set.missing
+        total = len(train_df) + len(valid_df)
+        if len(self.missing) > max(MAX_MISSING, MAX_MISSING_SHARE * total):
+            raise ValueError(
+                f"{len(self.missing)} of {total} images of the index have no entry in "
+                f"{directory} (first: {', '.join(self.missing[:3])}); run `ichdet prepare` "
+                "on this index first"
+            )
         self.y_valid = self.valid_set.labels.numpy()
         self.model_config = ModelConfig(
             name=cfg.model, in_chans=self.train_set.channels, drop_path_rate=cfg.drop_path
@@ -155,13 +168,17 @@ class SliceTask:
         }
 
     def run_details(self) -> dict[str, Any]:
-        return {"train_images": len(self.train_set), "valid_images": len(self.valid_set)}
+        return {
+            "train_images": len(self.train_set),
+            "valid_images": len(self.valid_set),
+            "missing_cache_entries": len(self.missing),
+        }
 
     def report(self, probs: np.ndarray) -> dict[str, Any]:
         report = evaluate_arrays(
             self.y_valid, probs, target_sensitivity=self.cfg.target_sensitivity
         )
-        return {**report, "fold": self.fold}
+        return {**report, "fold": self.fold, "missing_cache_entries": len(self.missing)}
 
     def write_outputs(self, out: Path, probs: np.ndarray) -> None:
         frame = to_long(self.valid_set.index["image_id"].tolist(), probs)
@@ -182,6 +199,13 @@ def fit(
     resume: bool = False,
     on_step: OnStep | None = None,
     log: Callable[[str], None] = print,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train one fold of the slice CNN into ``cfg.out``; returns its metrics (metrics.json)."""
-    return train(SliceTask(cfg), cfg, resume=resume, on_step=on_step, log=log)
+    task = SliceTask(cfg)
+    if task.missing:
+        log(
+            f"warning: {len(task.missing)} image(s) of fold {task.fold}'s data have no cache "
+            f"entry and are left out (first: {', '.join(task.missing[:3])})"
+        )
+    return train(task, cfg, resume=resume, on_step=on_step, log=log, force=force)
