@@ -1,3 +1,4 @@
+import json
 import math
 import re
 import shutil
@@ -176,3 +177,96 @@ def test_report_is_self_contained_with_a_section_per_label(trained, tmp_path):
     assert page.count("data:image/png;base64,") >= 1 + 6 * 4  # curves, windows, heat maps
     assert "heat map (any)" in page
     assert not re.search(r"(src|href)=['\"](https?:|//)", page)  # nothing outside the file
+
+
+# ------------------------------------------------------------------ hardening (issue 10)
+
+
+def test_a_missing_kaggle_test_image_is_listed(trained, tmp_path):
+    root, runs = trained
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    gone = sorted((data / "stage_2_test").glob("*.dcm"))[0]
+    gone.unlink()
+    result = runner.invoke(app, ["predict", str(runs[0]), str(data), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    errors = pd.read_csv(tmp_path / "o" / "errors.csv")
+    assert errors["source"].tolist() == [f"{gone.stem} (sample submission)"]
+    assert "1 image(s) of the sample submission were not predicted" in result.stderr
+    submission = pd.read_csv(tmp_path / "o" / "submission.csv")
+    assert submission["ID"].str.startswith(gone.stem).sum() == 6  # still written, filled
+
+
+def test_outputs_are_formula_safe_and_never_mixed_with_stale_ones(trained, tmp_path):
+    root, runs = trained
+    folder = tmp_path / "in"
+    for i in range(3):
+        ds = ct_dataset(
+            np.full((40, 40), 1064, np.int16),
+            study_instance_uid='=HYPERLINK("http://evil")',
+            instance_number=i + 1,
+            position=(0.0, 0.0, 5.0 * i),
+        )
+        save_dataset(ds, folder / f"{i}.dcm")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "submission.csv").write_text("stale from a Kaggle run")
+    result = predict(load_runner([runs[0]]), folder, out)
+    assert not (out / "submission.csv").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"slices", "studies", "errors"}
+    assert manifest["models"] == ["r0/best.pt"]  # no local absolute path
+    cells = pd.read_csv(out / "studies.csv", dtype=str)["study_id"]
+    assert cells.iloc[0] == "'" + '=HYPERLINK("http://evil")'  # text to a spreadsheet
+    assert result.studies["study_id"].iloc[0].startswith("=")  # the data itself is unchanged
+
+
+def test_one_failing_report_does_not_stop_the_others(trained, tmp_path, monkeypatch):
+    import ichdet.reports.study_reports as reports
+
+    root, runs = trained
+    run = load_runner([runs[0]])
+    result = predict(run, root / "index.parquet", tmp_path / "o")
+    first = str(result.studies["study_id"].iloc[0])
+    real = reports.study_report
+
+    def flaky(study, summary, *args, **kwargs):
+        if str(summary["study_id"]) == first:
+            raise RuntimeError("boom")
+        return real(study, summary, *args, **kwargs)
+
+    monkeypatch.setattr(reports, "study_report", flaky)
+    paths, failed = reports.write_reports(run, result, tmp_path / "r")
+    assert len(paths) == len(result.studies) - 1
+    assert failed == [(first, "report failed: RuntimeError: boom")]
+
+
+def test_report_names_are_safe_and_distinct(trained, tmp_path):
+    from ichdet.reports.study_reports import write_reports
+
+    root, runs = trained
+    run = load_runner([runs[0]])
+    folder = tmp_path / "in"
+    uids = ["1.2/3", "1.2_3", "9" * 300]
+    for k, uid in enumerate(uids):
+        ds = ct_dataset(np.full((40, 40), 1064, np.int16), study_instance_uid=uid)
+        save_dataset(ds, folder / f"{k}.dcm")
+    result = predict(run, folder, tmp_path / "o")
+    paths, failed = write_reports(run, result, tmp_path / "r")
+    assert not failed and len({p.name for p in paths}) == 3
+    assert all(p.parent == tmp_path / "r" for p in paths)
+
+
+def test_a_fold_ensemble_flags_with_the_runs_out_of_fold_thresholds(trained, tmp_path):
+    root, runs = trained
+    cv = tmp_path / "cv"
+    for k, run in enumerate(runs):
+        shutil.copytree(run, cv / f"fold_{k}")
+    oof = {"source": "out-of-fold", "labels": {n: {"threshold": 0.123} for n in LABELS}}
+    (cv / "thresholds.json").write_text(json.dumps(oof))
+    assert load_runner([cv]).thresholds == dict.fromkeys(LABELS, 0.123)
+    assert load_runner([cv / "fold_0"]).thresholds != dict.fromkeys(LABELS, 0.123)
+    out = tmp_path / "m.onnx"
+    assert runner.invoke(app, ["export", str(cv), "--out", str(out)]).exit_code == 0
+    onnx_runner = load_runner([out])
+    assert onnx_runner.thresholds == dict.fromkeys(LABELS, 0.123)

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -35,9 +36,8 @@ def prepared(tmp_path_factory):
 
 def _cfg(prepared, out, **kw):
     root, index = prepared
-    return TrainConfig(
-        index=str(index), cache=str(root / "cache"), out=str(out), **{**TINY, "epochs": 2, **kw}
-    )
+    settings = {"cache": str(root / "cache"), **TINY, "epochs": 2, **kw}
+    return TrainConfig(index=str(index), out=str(out), **settings)
 
 
 def _train_args(prepared, out, batch_size):
@@ -223,3 +223,47 @@ def test_train_names_a_bad_recipe_setting(prepared, tmp_path):
     result = runner.invoke(app, ["train", "--config", str(recipe)])
     assert result.exit_code == 1
     assert "bad.yaml: epochs: 'three' is not int" in result.output
+
+
+# ------------------------------------------------------------------ hardening (issue 10)
+
+
+def test_a_run_folder_with_an_earlier_run_is_refused_unless_resume_or_force(prepared, tmp_path):
+    cfg = _cfg(prepared, tmp_path / "run", epochs=1)
+    fit(cfg, log=lambda s: None)
+    stale = tmp_path / "run" / "thresholds.json"
+    stale.write_text("{}")
+    with pytest.raises(ValueError, match="holds an earlier run; --resume continues it"):
+        fit(cfg, log=lambda s: None)
+    result = runner.invoke(app, _train_args(prepared, tmp_path / "run", batch_size=16))
+    assert result.exit_code == 1 and "--force replaces it" in result.output
+    result = runner.invoke(app, [*_train_args(prepared, tmp_path / "run", 16), "--force"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(stale.read_text())["labels"]  # the new run's, not the stale file
+
+
+def test_checkpoints_carry_no_local_paths(prepared, tmp_path):
+    fit(_cfg(prepared, tmp_path / "run", epochs=1), log=lambda s: None)
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert not {"index", "cache", "out", "weights"} & set(ckpt["train_config"])
+    assert ckpt["train_config"]["model"] == "test_efficientnet"
+
+
+def test_missing_cache_entries_are_reported_or_refused(prepared, tmp_path):
+    from ichdet.data.cache import cache_key, entry_path
+
+    root, index = prepared
+    shutil.copytree(root / "cache", tmp_path / "cache")
+    directory = resolve_cache(tmp_path / "cache", 32, "brain,subdural,bone")
+    df = pd.read_parquet(index)
+    train = df[df["split"] == "train"]["image_id"].tolist()
+    entry_path(directory, cache_key(train[0]), "zstd").unlink()
+    lines: list[str] = []
+    cfg = _cfg(prepared, tmp_path / "one", epochs=1, **{"cache": str(tmp_path / "cache")})
+    report = fit(cfg, log=lines.append)
+    assert report["missing_cache_entries"] == 1
+    assert any(line.startswith("warning: 1 image(s)") for line in lines)
+    for image_id in train[1:20]:
+        entry_path(directory, cache_key(image_id), "zstd").unlink()
+    with pytest.raises(ValueError, match="20 of .* images of the index have no entry"):
+        fit(_cfg(prepared, tmp_path / "many", epochs=1, cache=str(tmp_path / "cache")))

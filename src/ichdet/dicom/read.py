@@ -208,10 +208,24 @@ def _check_size(ds: pydicom.Dataset, name: str) -> None:
         raise DicomError(name, f"BitsStored {stored} does not fit BitsAllocated {bits}")
 
 
+@contextlib.contextmanager
+def _reading(name: str) -> Iterator[None]:
+    """Quiet pydicom, and turn whatever else a hostile header makes pydicom or numpy raise
+    into a DicomError naming the file: callers see one exception type for bad input."""
+    with quiet_pydicom():
+        try:
+            yield
+        except DicomError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the fuzz test feeds every kind of damage
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise DicomError(name, f"unreadable ({type(exc).__name__}: {reason})") from exc
+
+
 def read_meta(source: Source, *, require_ct: bool = True) -> SliceMeta:
     """Header-only read (no pixel decode) of one slice. Raises DicomError on bad input."""
     name = source_name(source)
-    with quiet_pydicom():
+    with _reading(name):
         ds = _dcmread(source, header_only=True)
         _check_image(ds, name, require_ct, header_only=True)
         fixes = (FIX_RSNA_12BIT,) if _rsna_12bit_bug(ds) else ()
@@ -290,7 +304,7 @@ def read_hu(source: Source, *, require_ct: bool = True) -> np.ndarray:
     """Only the HU image of :func:`read_slice` (float32, H x W): the fast path of ``prepare``
     and ``predict``, which need no header summary. Same checks, same errors, same values."""
     name = source_name(source)
-    with quiet_pydicom():
+    with _reading(name):
         ds = _dcmread(source, header_only=False)
         _check_image(ds, name, require_ct, header_only=False)
         return _hu(ds, _pixels(ds, name))[0]
@@ -303,7 +317,7 @@ def read_slice(source: Source, *, require_ct: bool = True) -> Slice:
     stored values, not HU). Raises DicomError naming the source and the reason on bad input.
     """
     name = source_name(source)
-    with quiet_pydicom():
+    with _reading(name):
         ds = _dcmread(source, header_only=False)
         _check_image(ds, name, require_ct, header_only=False)
         stored = _pixels(ds, name)

@@ -116,7 +116,7 @@ def write_outputs(out: Path, frames: dict[str, pd.DataFrame], runner: Runner) ->
     manifest = {
         "files": {key: path.name for key, path in files.items()},
         "rows": {key: len(frame) for key, frame in frames.items()},
-        "models": [Path(n).name for n in runner.names],
+        "models": list(runner.names),  # short names: no local absolute paths
     }
     write_json(out / MANIFEST, manifest)
     return files
