@@ -266,7 +266,17 @@ def test_a_fold_ensemble_flags_with_the_runs_out_of_fold_thresholds(trained, tmp
     (cv / "thresholds.json").write_text(json.dumps(oof))
     assert load_runner([cv]).thresholds == dict.fromkeys(LABELS, 0.123)
     assert load_runner([cv / "fold_0"]).thresholds != dict.fromkeys(LABELS, 0.123)
+    page = _one_report(load_runner([cv]), root, tmp_path)
+    assert "mean of 2 models; heat maps show where the first of them looked" in page
     out = tmp_path / "m.onnx"
     assert runner.invoke(app, ["export", str(cv), "--out", str(out)]).exit_code == 0
     onnx_runner = load_runner([out])
     assert onnx_runner.thresholds == dict.fromkeys(LABELS, 0.123)
+
+
+def _one_report(run, root, tmp_path) -> str:
+    from ichdet.reports.study_reports import write_reports
+
+    result = predict(run, root / "index.parquet", tmp_path / "pred")
+    paths, _ = write_reports(run, result, tmp_path / "reports")
+    return paths[0].read_text()

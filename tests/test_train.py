@@ -267,3 +267,21 @@ def test_missing_cache_entries_are_reported_or_refused(prepared, tmp_path):
         entry_path(directory, cache_key(image_id), "zstd").unlink()
     with pytest.raises(ValueError, match="20 of .* images of the index have no entry"):
         fit(_cfg(prepared, tmp_path / "many", epochs=1, cache=str(tmp_path / "cache")))
+
+
+def test_run_configs_keep_paths_relative_to_the_working_folder(prepared, tmp_path, monkeypatch):
+    root, index = prepared
+    work = tmp_path / "work"
+    shutil.copytree(root / "cache", work / "cache")
+    shutil.copy(index, work / "index.parquet")
+    monkeypatch.chdir(work)
+    cfg = TrainConfig(
+        index=str(work / "index.parquet"),  # absolute, inside the working folder
+        cache=str(work / "cache"),
+        out=str(work / "runs" / "a"),
+        **{**TINY, "epochs": 1},
+    )
+    fit(cfg, log=lambda s: None)
+    config = json.loads((work / "runs" / "a" / "config.json").read_text())["train_config"]
+    assert (config["index"], config["cache"], config["out"]) == ("index.parquet", "cache", "runs/a")
+    assert read_recipe(work / "runs" / "a" / "config.yaml")["index"] == "index.parquet"
