@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import warnings
 import zipfile
 import zlib
@@ -114,14 +115,18 @@ def _as_readable(source: Source) -> str | IO[bytes]:
 
 
 def _check_path(path: str, name: str) -> None:
-    if not os.path.lexists(path):
-        raise DicomError(name, "file not found")
-    problem = regular_file_problem(path)
-    if problem:
-        raise DicomError(name, problem)
-    size, cap = os.path.getsize(path), limits().max_file_bytes
-    if size > cap:
-        raise DicomError(name, f"file of {size} bytes is over the {cap}-byte cap")
+    """One stat: the file exists, is a regular file (no FIFO or device), and is under the cap."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise DicomError(name, "file not found") from None
+    except OSError as exc:
+        raise DicomError(name, f"cannot stat ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DicomError(name, regular_file_problem(path) or "not a regular file")
+    cap = limits().max_file_bytes
+    if info.st_size > cap:
+        raise DicomError(name, f"file of {info.st_size} bytes is over the {cap}-byte cap")
 
 
 def _dcmread(source: Source, *, header_only: bool) -> pydicom.Dataset:
