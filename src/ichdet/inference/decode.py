@@ -109,9 +109,12 @@ def _isolate(chunk: Chunk, settings: CacheSettings, context: int) -> Decoded:
         return [], None, errors
     first, last = rows.index(kept[0]), rows.index(kept[-1]) + 1
     with ProcessPoolExecutor(max_workers=1) as pool:
-        ids, volume, more = pool.submit(
-            chunk_inputs, Chunk(rows, first, last), settings, context
-        ).result()
+        try:
+            ids, volume, more = pool.submit(
+                chunk_inputs, Chunk(rows, first, last), settings, context
+            ).result()
+        except BrokenProcessPool:  # the slices survive alone but not together (memory)
+            return [], None, errors + [(r[1], WORKER_DIED) for r in kept]
     return ids, volume, errors + more
 
 
