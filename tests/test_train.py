@@ -66,6 +66,7 @@ def test_fit_writes_a_complete_run(prepared, tmp_path):
     report = fit(_cfg(prepared, tmp_path / "run", context=1), log=lambda s: None)
     run = tmp_path / "run"
     for name in (
+        "config.yaml",
         "config.json",
         "log.csv",
         "last.pt",
