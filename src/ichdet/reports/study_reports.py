@@ -30,11 +30,15 @@ def write_reports(
     model = runner.heatmap_model()  # torch runners only: heat maps need gradients
     spec = runner.spec
     heatmapper = HeatMapper(model, spec.channels, spec.settings.size) if model else None
+    # one pass over the tables, not one scan of them per study
+    index_by_study = dict(tuple(result.index.groupby("study_id", sort=False)))
+    slices_by_study = dict(tuple(result.slices.groupby("study_id", sort=False)))
     paths, failed = [], []
     for _, summary in result.studies.iterrows():
         study_id = str(summary["study_id"])
         try:
-            paths.append(_one_report(runner, result, summary, heatmapper, out))
+            rows, slices = index_by_study[summary["study_id"]], slices_by_study[summary["study_id"]]
+            paths.append(_one_report(runner, rows, slices, summary, heatmapper, out))
         except Exception as exc:  # noqa: BLE001 - one study must never stop the others
             failed.append((study_id, f"report failed: {type(exc).__name__}: {exc}"))
     return paths, failed
@@ -42,34 +46,28 @@ def write_reports(
 
 def _one_report(
     runner: Runner,
-    result: PredictResult,
+    rows: pd.DataFrame,
+    study: pd.DataFrame,
     summary: pd.Series,
     heatmapper: HeatMapper | None,
     out: Path,
 ) -> Path:
-    index, spec = result.index, runner.spec
-    study = result.slices[result.slices["study_id"] == summary["study_id"]]
+    """One study's page; ``rows`` are its index rows, ``study`` its slices.csv rows."""
+    spec = runner.spec
     inputs: dict[str, np.ndarray] = {}
     if heatmapper is not None:
-        in_study = index[index["study_id"] == summary["study_id"]]
-        for _, series in in_study.groupby("series_id", sort=False):
-            rows = list(series[["image_id", "source", "kind"]].itertuples(index=False, name=None))
-            ids, volume, _ = series_inputs(rows, spec.settings, spec.context)
+        for _, series in rows.groupby("series_id", sort=False):
+            items = list(series[["image_id", "source", "kind"]].itertuples(index=False, name=None))
+            ids, volume, _ = series_inputs(items, spec.settings, spec.context)
             if volume is not None:
                 inputs.update(zip(ids, volume, strict=True))
-    sources = in_study_sources(index, summary["study_id"])
     return study_report(
         study.reset_index(drop=True),
         summary,
-        sources,
+        dict(zip(rows["image_id"], rows["source"], strict=True)),
         inputs,
         runner.thresholds,
         heatmapper,
         out / f"{path_component(str(summary['study_id']))}.html",
         models=len(runner.names),
     )
-
-
-def in_study_sources(index: pd.DataFrame, study_id: str) -> dict[str, str]:
-    rows = index[index["study_id"] == study_id]
-    return dict(zip(rows["image_id"], rows["source"], strict=True))
