@@ -369,3 +369,34 @@ def test_damaged_cache_entries_are_redone(tmp_path):
     dataset = SliceDataset(df, directory)
     with pytest.raises(ValueError, match="prepare --verify"):
         dataset[1]
+
+
+@pytest.mark.skipif(not FORKS, reason="only forked workers inherit the parent's objects")
+def test_workers_never_run_destructors_of_inherited_objects(tmp_path):
+    """A live ONNX Runtime session left as cyclic garbage in the parent (a failed load leaves
+    one) hung forked workers whose gc collected it: its destructor waits for threads that were
+    not forked (seen in `make test`). Workers must never finalise what they inherited."""
+    code = f"""
+import gc, os
+from ichdet.util.parallel import map_chunks
+
+class Inherited:
+    def __del__(self):
+        open({str(tmp_path / "finalised")!r}, "a").write(str(os.getpid()) + "\\n")
+
+gc.disable()
+garbage = Inherited()
+garbage.cycle = garbage
+del garbage  # cyclic garbage that exists when the workers fork
+
+def work(items):
+    gc.collect()
+    return items
+
+print(map_chunks(work, list(range(6)), workers=2, max_chunk=1))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[0, 1, 2, 3, 4, 5]"
+    assert not (tmp_path / "finalised").exists()  # no worker ran the parent's destructor

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Generator, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -23,7 +23,7 @@ from ichdet.data.cache import CacheSettings
 from ichdet.data.prepare import dicom_stack, image_stack
 from ichdet.dicom.read import DicomError
 from ichdet.util.memory import reuse_freed_memory
-from ichdet.util.parallel import WORKER_DIED
+from ichdet.util.parallel import WORKER_DIED, process_pool
 
 Row = tuple[str, str, str]  # image_id, source, kind
 Decoded = tuple[list[str], np.ndarray | None, list[tuple[str, str]]]
@@ -96,7 +96,7 @@ def _isolate(chunk: Chunk, settings: CacheSettings, context: int) -> Decoded:
     pool, then decode the chunk without them (in a fresh pool too)."""
     deadly = set()
     for row in chunk.rows:
-        with ProcessPoolExecutor(max_workers=1) as pool:
+        with process_pool(1) as pool:
             try:
                 pool.submit(series_inputs, [row], settings, 0).result()
             except BrokenProcessPool:
@@ -108,7 +108,7 @@ def _isolate(chunk: Chunk, settings: CacheSettings, context: int) -> Decoded:
     if not kept:
         return [], None, errors
     first, last = rows.index(kept[0]), rows.index(kept[-1]) + 1
-    with ProcessPoolExecutor(max_workers=1) as pool:
+    with process_pool(1) as pool:
         try:
             ids, volume, more = pool.submit(
                 chunk_inputs, Chunk(rows, first, last), settings, context
@@ -146,7 +146,7 @@ def _run_pool(
 ) -> Generator[Decoded, None, int | None]:
     """Decode ``chunks[start:]`` in one pool; returns the chunk whose worker died, or None."""
     upcoming = iter(range(start, len(chunks)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with process_pool(workers) as pool:
         queue: deque[tuple[int, Future]] = deque(
             (k, pool.submit(chunk_inputs, chunks[k], settings, context))
             for k in itertools.islice(upcoming, max(1, depth))

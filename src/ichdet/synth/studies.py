@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from ichdet.dicom.write import ct_dataset, save_dataset
 from ichdet.labels import LABELS, SUBTYPES
 from ichdet.synth.phantom import Grid, StudyPlan, draw_lesion, plan_study, render_slice
 from ichdet.util.atomic import atomic_path, write_text
+from ichdet.util.parallel import process_pool
 
 #: DICOM encodings seen in RSNA, with how often synth uses each.
 ENCODINGS = {
@@ -219,7 +220,7 @@ def render_all(
     """Render every study (in ``workers`` processes); records in job order, each study by z."""
     results: dict[int, list[dict]] = {}
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             futures = {pool.submit(render_study, j, out, size, masks): j.index for j in jobs}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()

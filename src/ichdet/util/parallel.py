@@ -8,6 +8,7 @@ in a new pool and the work already done is kept.
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -15,6 +16,20 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def _leave_inherited_objects_alone() -> None:
+    """First thing in every worker: objects inherited through fork go to gc's permanent
+    generation, so the child never runs their destructors. A parent's ONNX Runtime session or
+    torch object left in a reference cycle would otherwise be collected in the child, where
+    its destructor waits for threads that were not forked: the worker hangs forever."""
+    gc.freeze()
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """The one way ichdet starts worker processes (see :func:`_leave_inherited_objects_alone`)."""
+    return ProcessPoolExecutor(max_workers=workers, initializer=_leave_inherited_objects_alone)
+
 
 #: Why an item is reported when the process working on it died.
 WORKER_DIED = "the worker process died on this file (out of memory, or a decoder crash)"
@@ -61,7 +76,7 @@ def _run_pool(
     progress: Callable[[int], None] | None,
 ) -> tuple[int | None, list[int]]:
     """Run ``todo`` chunks in one pool; returns (a chunk whose worker died, chunks left)."""
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with process_pool(workers) as pool:
         futures: list[tuple[int, Future]] = [(i, pool.submit(func, chunks[i])) for i in todo]
         for k, (i, future) in enumerate(futures):
             try:
@@ -94,7 +109,7 @@ def run_isolated(
     """``func`` on each item alone in a fresh one-process pool; a crash becomes ``on_crash``."""
     out: list[Any] = []
     for item in chunk:
-        with ProcessPoolExecutor(max_workers=1) as pool:
+        with process_pool(1) as pool:
             try:
                 out += pool.submit(func, [item]).result()
             except BrokenProcessPool:
