@@ -15,6 +15,8 @@ LABELS: tuple[str, ...] = (
 )
 #: The five hemorrhage subtypes (every label but ``any``).
 SUBTYPES: tuple[str, ...] = LABELS[:-1]
+#: Index columns of study-level labels (``ichdet index --study-labels``), in LABELS order.
+STUDY_LABELS: tuple[str, ...] = tuple(f"study_{name}" for name in LABELS)
 #: Competition metric weights: ``any`` counts twice, each subtype once.
 LABEL_WEIGHTS: dict[str, float] = {name: (2.0 if name == "any" else 1.0) for name in LABELS}
 #: Weights as a float32 array in LABELS order.

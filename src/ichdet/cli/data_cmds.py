@@ -59,6 +59,10 @@ def index(
     labels: Path | None = typer.Option(
         None, help="labels CSV (Kaggle long form, or wide with an 'image' column for image folders)"
     ),
+    study_labels: Path | None = typer.Option(
+        None,
+        help="study-level labels CSV: study_id (or patient_id) + label columns, one row per study",
+    ),
     workers: int = typer.Option(1, help="parallel processes"),
     seed: int = typer.Option(0, help="fold seed"),
 ) -> None:
@@ -71,6 +75,7 @@ def index(
             df, errors, report = build_index(
                 data,
                 labels=labels,
+                study_labels=study_labels,
                 folds=folds or None,
                 workers=workers,
                 seed=seed,
@@ -86,6 +91,12 @@ def index(
         console.print(
             f"images without labels: {report['images_without_labels']}, "
             f"labels without images: {report['labels_without_images']}"
+        )
+    if "study_labels" in report:
+        found = report["study_labels"]
+        console.print(
+            f"study labels: {found['studies']} studies labelled, "
+            f"{found['rows_without_study']} label rows match no study"
         )
     if len(errors):
         err.print(f"skipped {len(errors)} file(s); reasons in {errors_path}", style="yellow")

@@ -1,4 +1,5 @@
-"""``ichdet train``: its options are generated from ``TrainConfig``'s fields.
+"""``ichdet train``: its options are generated from the fields of the task configs
+(``TrainConfig`` for the slice CNN, ``SequenceTrainConfig`` for the series stage).
 
 Settings come from three places, later ones winning: the dataclass defaults, a recipe
 (``--config recipe.yaml``, keys = field names), and the flags given on the command line. Every
@@ -17,7 +18,7 @@ from typing import Any
 import typer
 
 from ichdet.cli.common import console, fail
-from ichdet.training.config import TrainConfig
+from ichdet.training.config import TASKS, FoldConfig, SequenceTrainConfig, TrainConfig
 
 #: Fields whose command-line form differs from ``--name VALUE`` of the field's type.
 _CLI_TYPE: dict[str, type] = {"fold": str}  # a number or "all"
@@ -60,50 +61,76 @@ def _flag_parameter(name: str, help_text: str) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=bool)
 
 
-def settings_from(values: dict[str, Any]) -> TrainConfig:
-    """defaults <- recipe (``values["config"]``) <- the flags that were given."""
-    from ichdet.training.config import read_recipe
+def settings_from(values: dict[str, Any]) -> FoldConfig:
+    """defaults <- recipe (``values["config"]``) <- the flags that were given; the task's
+    config class checks them (a setting of the other task is an error naming it)."""
+    from ichdet.training.config import config_for, read_recipe
 
     config = values.pop("config", None)
     settings = read_recipe(config) if config else {}
     settings.update({k: v for k, v in values.items() if v is not None})
-    cfg = TrainConfig.from_dict(settings, source=str(config or "options"))
+    cfg = config_for(settings, source=str(config or "options"))
+    if isinstance(cfg, SequenceTrainConfig):
+        cfg.require("cnn")
+        if not cfg.out:
+            cfg.out = str(Path(cfg.cnn or "") / "sequence")
     cfg.require("index", "cache", "out")
     return cfg
 
 
 def train(**values: Any) -> None:
-    """Train EfficientNet (any timm model) on one fold or all folds; validate every epoch."""
+    """Train the slice CNN (EfficientNet or any timm model), or with --task sequence the series
+    stage over a trained CNN; one fold or all folds (CV); validate every epoch."""
     resume, force = values.pop("resume"), values.pop("force")
     try:
         cfg = settings_from(values)
+        fit_fold = _fit_function(cfg)
         if cfg.all_folds:
             from ichdet.training.cv import fit_all
 
-            cv = fit_all(cfg, resume=resume, log=console.print, force=force)
+            cv = fit_all(cfg, resume=resume, log=console.print, fit_fold=fit_fold, force=force)
             if cv:
+                study = cv.get("study", {}).get("auc", {}).get("any")
                 console.print(
                     f"CV weighted log loss {cv['cv_weighted_log_loss']:.4f} "
-                    f"(prior baseline {cv['prior_log_loss']:.4f}) -> {cfg.out}"
+                    f"(prior baseline {cv['prior_log_loss']:.4f})"
+                    + (f", study AUC(any) {study:.3f}" if study is not None else "")
+                    + f" -> {cfg.out}"
                 )
             return
-        from ichdet.training.slice_task import fit
-
-        report = fit(cfg, resume=resume, log=console.print, force=force)
+        report = fit_fold(cfg, resume=resume, log=console.print, force=force)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
+    study = report.get("study", {}).get("auc", {}).get("any")
     console.print(
         f"fold {cfg.fold}: weighted log loss {report['weighted_log_loss']:.4f} "
         f"(prior baseline {report['prior_log_loss']:.4f}), "
-        f"AUC(any) {report['auc']['any']:.3f} -> {cfg.out}"
+        f"AUC(any) {report['auc']['any']:.3f}"
+        + (f", study AUC(any) {study:.3f}" if study is not None else "")
+        + f" -> {cfg.out}"
     )
 
 
+def _fit_function(cfg: FoldConfig) -> Any:
+    if isinstance(cfg, SequenceTrainConfig):
+        from ichdet.training.sequence_task import fit_sequence
+
+        return fit_sequence
+    from ichdet.training.slice_task import fit
+
+    return fit
+
+
 def _install_signature() -> None:
-    hints = typing.get_type_hints(TrainConfig)
+    """Options: the slice CNN's fields, then the ones only the sequence task has."""
+    hints = {
+        name: hint for cls in TASKS.values() for name, hint in typing.get_type_hints(cls).items()
+    }
     rank = {name: i for i, name in enumerate(TrainConfig.FIRST)}
-    ordered = sorted(fields(TrainConfig), key=lambda f: rank.get(f.name, len(rank)))
-    params = [_parameter(f, hints[f.name]) for f in ordered]
+    slice_fields = sorted(fields(TrainConfig), key=lambda f: rank.get(f.name, len(rank)))
+    known = {f.name for f in slice_fields}
+    extra = [f for f in fields(SequenceTrainConfig) if f.name not in known]
+    params = [_parameter(f, hints[f.name]) for f in [*slice_fields, *extra]]
     params = [
         params[0],
         _config_parameter(),

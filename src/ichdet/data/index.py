@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ichdet.data.folds import assign_folds
+from ichdet.data.study_labels import join_study_labels, read_study_labels
 from ichdet.dicom.read import DicomError, read_hu, read_meta
 from ichdet.dicom.sources import (
     IMAGE_SUFFIXES,
@@ -141,6 +142,7 @@ def _scan_one(source: str) -> dict | tuple[str, str]:
         "columns": meta.columns,
         "source": source,
         "kind": "dicom",
+        "synthetic": meta.synthetic,
     }
 
 
@@ -223,6 +225,7 @@ def _fill_ids(df: pd.DataFrame, label_table: pd.DataFrame | None) -> pd.DataFram
         present = df[column].notna() & (df[column].astype(str) != "")
         df[column] = df[column].astype(object).where(present, df["image_id"]).astype(str)
     df["z"] = pd.to_numeric(df["z"])
+    df["synthetic"] = df["synthetic"].astype("boolean").fillna(False).astype(bool)
     return df
 
 
@@ -249,8 +252,13 @@ def build_index(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
+    study_labels: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Index ``data``; returns (index, errors, report). See the module docstring."""
+    """Index ``data``; returns (index, errors, report). See the module docstring.
+
+    ``study_labels``: a CSV of study-level labels (see ``ichdet.data.study_labels``).
+    """
+    study_table = read_study_labels(study_labels) if study_labels is not None else None
     skipped: list[tuple[str, str]] = []
     sources = list(list_sources(data, skipped))
     total and total(len(sources))
@@ -264,7 +272,17 @@ def build_index(
     }
     label_table = find_labels(data, labels, report)
     df = pd.DataFrame(
-        records, columns=[*ID_COLUMNS, "z", "instance_number", "rows", "columns", "source", "kind"]
+        records,
+        columns=[
+            *ID_COLUMNS,
+            "z",
+            "instance_number",
+            "rows",
+            "columns",
+            "source",
+            "kind",
+            "synthetic",
+        ],
     )
     df = _fill_ids(_drop_duplicates(df, errors), label_table)
     root = Path(data)
@@ -272,6 +290,7 @@ def build_index(
         split_from_path(s if ZIP_SEP in s else os.path.relpath(s, root)) for s in df["source"]
     ]
     labelled = _join_labels(df, label_table, report)
+    labelled |= join_study_labels(df, study_table, report)
     df["split"] = df["split"].where(df["split"].notna(), np.where(labelled, "train", "test"))
     df = order_series(df)
     if folds:

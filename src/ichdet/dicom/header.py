@@ -37,7 +37,11 @@ META_TAGS = [
     "InstanceNumber",
     "SliceLocation",
     "PixelPaddingValue",
+    "Manufacturer",
 ]
+
+#: The Manufacturer that ``ichdet synth`` writes: how a run knows it trained on phantoms.
+SYNTHETIC_MANUFACTURER = "ichdet synthetic phantom"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,12 @@ class SliceMeta:
     photometric: str
     instance_number: int | None
     fixes: tuple[str, ...] = field(default=())
+    manufacturer: str = ""
+
+    @property
+    def synthetic(self) -> bool:
+        """Written by ``ichdet synth`` (a phantom, not a patient)."""
+        return self.manufacturer == SYNTHETIC_MANUFACTURER
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,4 +160,5 @@ def slice_meta(ds: pydicom.Dataset, fixes: tuple[str, ...] = ()) -> SliceMeta:
         photometric=text(ds, "PhotometricInterpretation"),
         instance_number=int_or_none(ds, "InstanceNumber"),
         fixes=fixes,
+        manufacturer=text(ds, "Manufacturer"),
     )

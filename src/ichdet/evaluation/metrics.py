@@ -1,6 +1,7 @@
 """The competition metric and the clinical ones (pure numpy / scikit-learn).
 
-Arrays are (N, 6) in LABELS order; probabilities in (0, 1), labels in {0, 1}.
+Arrays are (N, 6) in LABELS order; probabilities in (0, 1), labels in {0, 1}, or NaN where a
+label is unknown (a partly labelled set): every metric skips the unknown cells.
 """
 
 from __future__ import annotations
@@ -19,33 +20,59 @@ EPS = 1e-7
 def weighted_log_loss(
     y_true: np.ndarray, y_prob: np.ndarray, weights: np.ndarray = WEIGHT_VECTOR
 ) -> float:
-    """RSNA metric: per-row label log losses averaged with weights (any: 2), then over rows."""
+    """RSNA metric: per-row label log losses averaged with weights (any: 2), then over rows.
+
+    Unknown (NaN) labels are skipped: the weighted mean runs over the known cells, which is the
+    competition's formula when every label is known.
+    """
     y = np.asarray(y_true, dtype=np.float64)
     p = np.clip(np.asarray(y_prob, dtype=np.float64), EPS, 1 - EPS)
-    w = np.asarray(weights, dtype=np.float64)
+    known = ~np.isnan(y)
+    w = np.broadcast_to(np.asarray(weights, dtype=np.float64), y.shape) * known
+    if w.sum() == 0:
+        return math.nan
+    y = np.where(known, y, 0.0)
     per = -(y * np.log(p) + (1 - y) * np.log(1 - p))
-    return float((per * w).sum(axis=1).mean() / w.sum())
+    return float((per * w).sum() / w.sum())
+
+
+def _known(y_true: np.ndarray, y_prob: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Label ``i``'s (truth, probability) on the rows where the truth is known."""
+    yi = np.asarray(y_true[:, i], dtype=np.float64)
+    keep = ~np.isnan(yi)
+    return yi[keep], np.asarray(y_prob[:, i], dtype=np.float64)[keep]
 
 
 def per_label_log_loss(y_true: np.ndarray, y_prob: np.ndarray) -> dict[str, float]:
-    p = np.clip(y_prob, EPS, 1 - EPS)
-    return {
-        name: float(log_loss(y_true[:, i], p[:, i], labels=[0, 1])) for i, name in enumerate(LABELS)
-    }
+    """Log loss per label over its known rows; NaN where none is known."""
+    out = {}
+    for i, name in enumerate(LABELS):
+        yi, pi = _known(y_true, y_prob, i)
+        pi = np.clip(pi, EPS, 1 - EPS)
+        out[name] = float(log_loss(yi, pi, labels=[0, 1])) if len(yi) else math.nan
+    return out
 
 
 def per_label_auc(y_true: np.ndarray, y_prob: np.ndarray) -> dict[str, float]:
-    """ROC AUC per label; NaN where the labels hold a single class."""
+    """ROC AUC per label over its known rows; NaN where those hold a single class."""
     out = {}
     for i, name in enumerate(LABELS):
-        yi = y_true[:, i]
-        out[name] = float(roc_auc_score(yi, y_prob[:, i])) if 0 < yi.sum() < len(yi) else math.nan
+        yi, pi = _known(y_true, y_prob, i)
+        out[name] = float(roc_auc_score(yi, pi)) if 0 < yi.sum() < len(yi) else math.nan
     return out
+
+
+def prevalence(y_true: np.ndarray) -> np.ndarray:
+    """Per-label share of positives among the known labels (NaN where none is known)."""
+    y = np.asarray(y_true, dtype=np.float64)
+    known = (~np.isnan(y)).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(known > 0, np.nansum(y, axis=0) / np.maximum(known, 1), math.nan)
 
 
 def prior_probabilities(y_true: np.ndarray) -> np.ndarray:
     """Per-label prevalence, the best constant prediction (clipped away from 0 and 1)."""
-    return np.clip(np.asarray(y_true, dtype=np.float64).mean(axis=0), EPS, 1 - EPS)
+    return np.clip(np.nan_to_num(prevalence(y_true), nan=0.5), EPS, 1 - EPS)
 
 
 def prior_log_loss(y_true: np.ndarray, prior: np.ndarray | None = None) -> float:
@@ -73,6 +100,8 @@ def threshold_for_sensitivity(
     y_true: np.ndarray, y_prob: np.ndarray, target: float = 0.95
 ) -> float:
     """The highest threshold whose sensitivity reaches ``target`` (one label's columns)."""
+    keep = ~np.isnan(np.asarray(y_true, dtype=np.float64))
+    y_true, y_prob = np.asarray(y_true)[keep], np.asarray(y_prob)[keep]
     if not 0 < y_true.sum() < len(y_true):
         return 0.5
     fpr, tpr, thr = roc_curve(y_true, y_prob)
@@ -105,7 +134,8 @@ def evaluate_arrays(
         "prior_log_loss": prior_log_loss(y_true),
         "log_loss": per_label_log_loss(y_true, y_prob),
         "auc": per_label_auc(y_true, y_prob),
-        "prevalence": dict(zip(LABELS, map(float, y_true.mean(axis=0)), strict=True)),
+        "prevalence": dict(zip(LABELS, map(float, prevalence(y_true)), strict=True)),
+        "labelled": dict(zip(LABELS, map(int, (~np.isnan(y_true)).sum(axis=0)), strict=True)),
         "threshold": threshold,
         "sensitivity": {k: v[0] for k, v in sens_spec.items()},
         "specificity": {k: v[1] for k, v in sens_spec.items()},

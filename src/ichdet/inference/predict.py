@@ -21,6 +21,7 @@ from ichdet.dicom.sources import find_member, open_text
 from ichdet.evaluation.metrics import from_long, to_long
 from ichdet.inference.decode import decode_ahead, series_chunks
 from ichdet.inference.runners import Runner
+from ichdet.inference.series import SliceOutputs
 from ichdet.labels import LABELS
 from ichdet.util.jsonio import write_json
 from ichdet.util.tables import write_frame
@@ -53,18 +54,65 @@ def load_input(
     return index.reset_index(drop=True), errors, sample
 
 
-def study_table(slices: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
-    """One row per study: max slice probability per label, the slice holding it, flags."""
+def study_table(
+    slices: pd.DataFrame, thresholds: dict[str, float], study_probs: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """One row per study: per label its probability (the study head's when the run has a series
+    stage, else the maximum over slices), the slice with the highest slice probability, flag."""
     rows = []
     for study_id, group in slices.groupby("study_id", sort=False):
         row: dict = {"study_id": study_id, "slices": len(group)}
         for name in LABELS:
             top = group[name].idxmax()
-            row[name] = float(group.at[top, name])
+            value = group.at[top, name] if study_probs is None else study_probs.at[study_id, name]
+            row[name] = float(value)
             row[f"{name}_slice"] = group.at[top, "image_id"]
             row[f"{name}_flag"] = bool(row[name] >= thresholds.get(name, 0.5))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+@dataclass
+class Scores:
+    """What ``score_series`` found: per slice (and per series, with a series stage)."""
+
+    slices: pd.DataFrame  # image_id + six labels (+ cnn_<label> with a series stage)
+    errors: list[tuple[str, str]]
+    series: pd.DataFrame | None = None  # study_id + six study-head probabilities per series
+
+
+class _SeriesBuffer:
+    """Collects a series' CNN outputs chunk by chunk; runs the series stage once it is whole."""
+
+    def __init__(self, runner: Runner, z: dict[str, float]):
+        self.runner, self.z = runner, z
+        self.key: tuple | None = None
+        self.ids: list[str] = []
+        self.parts: list[SliceOutputs] = []
+        self.slices: list[pd.DataFrame] = []
+        self.series: list[tuple] = []
+
+    def add(self, key: tuple, ids: list[str], outputs: SliceOutputs) -> None:
+        if key != self.key:
+            self.flush()
+            self.key = key
+        self.ids += ids
+        self.parts.append(outputs)
+
+    def flush(self) -> None:
+        if not self.ids or self.runner.series is None or self.key is None:
+            return
+        features = np.concatenate([p.features for p in self.parts], axis=1)
+        logits = np.concatenate([p.logits for p in self.parts], axis=1)
+        cnn = np.concatenate([p.probs for p in self.parts])
+        z = np.array([self.z[i] for i in self.ids], dtype=np.float32)
+        slice_p, study_p = self.runner.series(features, logits, z)
+        frame = pd.DataFrame(slice_p, columns=list(LABELS))
+        frame[[f"cnn_{n}" for n in LABELS]] = cnn
+        frame.insert(0, "image_id", self.ids)
+        self.slices.append(frame)
+        self.series.append((self.key[0], *study_p.tolist()))
+        self.ids, self.parts = [], []
 
 
 def score_series(
@@ -72,34 +120,44 @@ def score_series(
     index: pd.DataFrame,
     workers: int,
     progress: Callable[[int], None] | None = None,
-) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+) -> Scores:
     """Probabilities for every row of ``index``, series by series (decoded ahead in
-    ``workers`` processes, in bounded chunks); returns (image_id + six labels, errors)."""
+    ``workers`` processes, in bounded chunks), through the series stage when the run has one."""
     spec = runner.spec
-    chunks = [
-        chunk
-        for _, g in index.groupby(["study_id", "series_id"], sort=False)
-        for chunk in series_chunks(
-            list(g[["image_id", "source", "kind"]].itertuples(index=False, name=None)),
-            spec.context,
-        )
-    ]
+    chunks, keys = [], []
+    for key, g in index.groupby(["study_id", "series_id"], sort=False):
+        rows = list(g[["image_id", "source", "kind"]].itertuples(index=False, name=None))
+        for chunk in series_chunks(rows, spec.context):
+            chunks.append(chunk)
+            keys.append(key)
     ids: list[str] = []
     probs: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []
+    buffer = _SeriesBuffer(runner, dict(zip(index["image_id"], index["z"], strict=True)))
     depth = 2 * max(1, workers)
-    for chunk_ids, volume, errs in decode_ahead(
-        chunks, spec.settings, spec.context, workers, depth
-    ):
+    decoded = decode_ahead(chunks, spec.settings, spec.context, workers, depth)
+    for key, (chunk_ids, volume, errs) in zip(keys, decoded, strict=True):
         errors += errs
-        if volume is not None:
+        if volume is not None and runner.series is not None:
+            buffer.add(key, chunk_ids, runner.embed(volume))
+        elif volume is not None:
             probs.append(runner(volume))
             ids += chunk_ids
         if progress:
             progress(len(chunk_ids) + len(errs))
+    buffer.flush()
+    if runner.series is not None:
+        return _series_scores(buffer, errors)
     table = pd.DataFrame(np.concatenate(probs) if probs else np.zeros((0, 6)), columns=LABELS)
     table.insert(0, "image_id", ids)
-    return table, errors
+    return Scores(table, errors)
+
+
+def _series_scores(buffer: _SeriesBuffer, errors: list[tuple[str, str]]) -> Scores:
+    columns = ["image_id", *LABELS, *(f"cnn_{n}" for n in LABELS)]
+    slices = pd.concat(buffer.slices) if buffer.slices else pd.DataFrame(columns=columns)
+    series = pd.DataFrame(buffer.series, columns=["study_id", *LABELS])
+    return Scores(slices.reset_index(drop=True), errors, series)
 
 
 #: What predict writes; stale copies are removed first, the manifest is written last.
@@ -141,11 +199,17 @@ def predict(
         total(len(index))
     if "kind" not in index:
         index = index.assign(kind="dicom")
-    table, errs = score_series(runner, index, workers, progress)
+    scores = score_series(runner, index, workers, progress)
     meta = index.set_index("image_id")[["study_id", "series_id", "z"]]
-    slices = table.join(meta, on="image_id")[["image_id", "study_id", "series_id", "z", *LABELS]]
-    studies = study_table(slices, runner.thresholds)
-    error_rows = [*errors.itertuples(index=False, name=None), *errs]
+    extra = [c for c in scores.slices.columns if c.startswith("cnn_")]
+    slices = scores.slices.join(meta, on="image_id")[
+        ["image_id", "study_id", "series_id", "z", *LABELS, *extra]
+    ]
+    study_probs = None
+    if scores.series is not None:  # a study of several series: its highest series
+        study_probs = scores.series.groupby("study_id", sort=False)[list(LABELS)].max()
+    studies = study_table(slices, runner.study_thresholds, study_probs)
+    error_rows = [*errors.itertuples(index=False, name=None), *scores.errors]
     frames = {"slices": slices, "studies": studies}
     submission, missing = None, 0
     if sample is not None:

@@ -12,11 +12,18 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ichdet.data.cache import CacheSettings
+from ichdet.inference.series import (
+    OnnxSeries,
+    SeriesStage,
+    SliceOutputs,
+    TorchSeries,
+    sequence_checkpoints,
+)
 from ichdet.labels import LABELS
 
 if TYPE_CHECKING:
@@ -41,11 +48,17 @@ class Runner(Protocol):
     """What ``predict`` and the reports need of a model, whatever runs it."""
 
     spec: InputSpec  #: the inputs the model expects
-    thresholds: dict[str, float]  #: per-label operating thresholds
+    thresholds: dict[str, float]  #: per-label operating thresholds of the slice outputs
+    study_thresholds: dict[str, float]  #: ... of the study outputs
     names: list[str]  #: the model files, for the record
+    series: SeriesStage | None  #: the series stage, when the run has one
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """uint8 N x C x H x W -> float32 N x 6 probabilities."""
+        ...
+
+    def embed(self, batch: np.ndarray) -> SliceOutputs:
+        """The CNN probabilities and, per model, the embeddings the series stage reads."""
         ...
 
     def heatmap_model(self) -> nn.Module | None:
@@ -119,6 +132,13 @@ class TorchRunner:
         paths = [Path(p) for p in checkpoints]
         self.thresholds = run_thresholds(paths) or default_thresholds()
         self.names = [short_name(p) for p in paths]
+        found = sequence_checkpoints(paths)
+        self.series: SeriesStage | None = None
+        if found is not None:
+            self.series = TorchSeries(found, paths, self.device)
+            self.thresholds = self.series.slice_thresholds
+            self.names += self.series.names
+        self.study_thresholds = self.series.study_thresholds if self.series else self.thresholds
 
     def heatmap_model(self) -> nn.Module | None:
         return self.models[0]
@@ -134,6 +154,31 @@ class TorchRunner:
                 probs = [torch.sigmoid(m(v)) for m in self.models for v in views]
                 out.append(torch.stack(probs).mean(0).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(LABELS)), np.float32)
+
+    def embed(self, batch: np.ndarray) -> SliceOutputs:
+        torch = self.torch
+        flip = self.series is not None and self.series.embed_tta
+        probs, features, logits = [], [], []
+        with torch.inference_mode():
+            for i in range(0, len(batch), self.batch_size):
+                x = torch.from_numpy(batch[i : i + self.batch_size]).to(self.device)
+                x = x.float().div_(255)
+                outs = [_embed(m, x, flip) for m in self.models]
+                features.append(torch.stack([f for f, _ in outs]).half().cpu().numpy())
+                logits.append(torch.stack([lg for _, lg in outs]).float().cpu().numpy())
+                probs.append(torch.sigmoid(torch.stack([lg for _, lg in outs])).mean(0).numpy())
+        return SliceOutputs(
+            np.concatenate(probs), np.concatenate(features, 1), np.concatenate(logits, 1)
+        )
+
+
+def _embed(model: Any, x: Any, flip: bool) -> tuple[Any, Any]:
+    """(features, logits) of a batch, averaged with the mirror image when ``flip``."""
+    f, lg = model.embed(x)
+    if flip:
+        f2, lg2 = model.embed(x.flip(3))
+        f, lg = (f + f2) / 2, (lg + lg2) / 2
+    return f.float().cpu(), lg.float().cpu()
 
 
 class OnnxRunner:
@@ -152,17 +197,7 @@ class OnnxRunner:
             raise ImportError(
                 "ONNX inference needs the 'onnx' extra: pip install 'ichdet[onnx]'"
             ) from exc
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(
-                os.fspath(path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise ValueError(f"{path}: not a loadable ONNX model ({reason})") from None
+        self.session = _session(ort, path, threads)
         raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
         if raw is None:
             raise ValueError(f"{path}: not an ichdet model (no '{ONNX_META_KEY}' metadata)")
@@ -172,6 +207,12 @@ class OnnxRunner:
         self.input_name = self.session.get_inputs()[0].name
         self.tta, self.batch_size = tta, batch_size
         self.names = [Path(path).name]
+        self.series: SeriesStage | None = None
+        if meta.get("sequence"):
+            self.series = _onnx_series(ort, Path(path), meta["sequence"], threads)
+            self.thresholds = self.series.slice_thresholds
+            self.names += self.series.names
+        self.study_thresholds = self.series.study_thresholds if self.series else self.thresholds
 
     def heatmap_model(self) -> nn.Module | None:
         return None  # no gradients in an ONNX Runtime session
@@ -184,6 +225,43 @@ class OnnxRunner:
             probs = [self.session.run(None, {self.input_name: v})[0] for v in views]
             out.append(np.mean(probs, axis=0).astype(np.float32))
         return np.concatenate(out) if out else np.zeros((0, len(LABELS)), np.float32)
+
+    def embed(self, batch: np.ndarray) -> SliceOutputs:
+        """The exported graph's three outputs (an export with a series stage has them)."""
+        parts = []
+        for i in range(0, len(batch), self.batch_size):
+            x = batch[i : i + self.batch_size].astype(np.float32) / np.float32(255)
+            parts.append(self.session.run(None, {self.input_name: x}))
+        if not parts or len(parts[0]) < 3:
+            raise ValueError(f"{self.names[0]}: exported without its series stage's outputs")
+        probs, features, logits = (
+            np.concatenate([p[k] for p in parts], axis=-2 if k else 0) for k in range(3)
+        )
+        return SliceOutputs(probs, features.astype(np.float16), logits)
+
+
+def _session(ort: Any, path: str | os.PathLike, threads: int | None) -> Any:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ValueError(f"{path}: not a loadable ONNX model ({reason})") from None
+
+
+def _onnx_series(ort: Any, path: Path, meta: dict[str, Any], threads: int | None) -> OnnxSeries:
+    """The series stage exported beside ``path`` (its file name and digest in ``meta``)."""
+    from ichdet.util.digest import file_digest
+
+    file = path.with_name(Path(meta["file"]).name)  # a name beside the model, never a path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: the series stage of {path.name} is missing")
+    if file_digest(file) != meta["digest"]:
+        raise ValueError(f"{file}: not the series stage exported with {path.name}")
+    return OnnxSeries(_session(ort, file, threads), meta, file.name)
 
 
 def load_runner(

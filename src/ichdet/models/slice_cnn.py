@@ -55,6 +55,18 @@ class ICHNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone((x - self.mean) / self.std)
 
+    @property
+    def num_features(self) -> int:
+        """The size of the pooled features (the embedding the series stage reads)."""
+        return int(getattr(self.backbone, "num_features"))  # noqa: B009 - timm's attribute
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled features N x num_features, logits N x 6): the logits are the head applied to
+        those features, the same as ``forward`` gives in eval mode."""
+        b: Any = self.backbone
+        pooled = b.forward_head(b.forward_features((x - self.mean) / self.std), pre_logits=True)
+        return pooled, b.get_classifier()(pooled)
+
 
 def build_model(
     config: ModelConfig, pretrained: bool = False, weights: str | os.PathLike | None = None

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from ichdet.dicom.header import SYNTHETIC_MANUFACTURER
 from ichdet.dicom.write import ct_dataset, save_dataset
 from ichdet.labels import LABELS, SUBTYPES
 from ichdet.synth.phantom import Grid, StudyPlan, draw_lesion, plan_study, render_slice
@@ -181,6 +182,7 @@ def render_study(job: StudyJob, out: Path, size: int, masks: bool) -> list[dict]
             window_width=["00080", "00080"] if window else 80,
             **extra,
         )
+        ds.Manufacturer = SYNTHETIC_MANUFACTURER  # runs record that they trained on phantoms
         save_dataset(ds, folder / f"{sop}.dcm")
         if masks and lesion_masks:
             with atomic_path(out / "masks" / f"{sop}.npz") as tmp, open(tmp, "wb") as fh:

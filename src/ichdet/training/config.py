@@ -65,36 +65,22 @@ class LoopConfig:
 
 
 @dataclass
-class TrainConfig(LoopConfig):
-    """Everything ``ichdet train`` needs for the slice CNN; a recipe holds any subset."""
+class FoldConfig(LoopConfig):
+    """A loop config that trains one fold (or every fold) of an indexed, prepared dataset."""
 
-    FIRST: ClassVar[tuple[str, ...]] = (
-        "index",
-        "cache",
-        "out",
-        "fold",
-        "model",
-        "size",
-        "windows",
-        "context",
-    )
+    FIRST: ClassVar[tuple[str, ...]] = ("task", "index", "cache", "out", "fold")
+    #: The value of ``task`` that selects this config (``ichdet train --task``).
+    TASK: ClassVar[str] = ""
 
+    task: str = _opt("slice", "what to train: slice (the CNN) | sequence (the series stage)")
     index: str | None = _opt(None, "index parquet with folds")
     cache: str | None = _opt(None, "cache root (from `ichdet prepare`) or its folder")
     fold: int | str = _opt(0, "fold number, or 'all' for every fold (CV)")
-    model: str = _opt("tf_efficientnet_b0", "any timm model name")
-    size: int = _opt(256, "input size (a cache of this size must exist)")
-    windows: str = _opt("brain,subdural,bone", "the cache's windows")
-    context: int = _opt(0, "neighbour slices on each side as extra channels")
-    augment: bool = _opt(True, "random flips, affine and window jitter")
-    pretrained: bool = _opt(False, "timm hub weights (downloads)")
-    weights: str | None = _opt(
-        None, "local weights: timm state dict/checkpoint or ichdet checkpoint"
-    )
-    drop_path: float = _opt(0.0, "stochastic depth rate")
     target_sensitivity: float = _opt(0.95, "for the per-label operating thresholds")
 
     def __post_init__(self) -> None:
+        if self.TASK and self.task != self.TASK:
+            raise ValueError(f"task must be {self.TASK!r} here, not {self.task!r}")
         if isinstance(self.fold, str) and self.fold != "all":
             if not self.fold.isdigit():
                 raise ValueError(f"fold must be a number or 'all', not {self.fold!r}")
@@ -109,6 +95,74 @@ class TrainConfig(LoopConfig):
         missing = [n for n in names if getattr(self, n) in (None, "")]
         if missing:
             raise ValueError(f"missing setting(s): {', '.join(missing)} (a flag or the recipe)")
+
+
+@dataclass
+class TrainConfig(FoldConfig):
+    """Everything ``ichdet train`` needs for the slice CNN; a recipe holds any subset."""
+
+    FIRST: ClassVar[tuple[str, ...]] = (
+        "task",
+        "index",
+        "cache",
+        "out",
+        "fold",
+        "model",
+        "size",
+        "windows",
+        "context",
+    )
+    TASK: ClassVar[str] = "slice"
+
+    model: str = _opt("tf_efficientnet_b0", "any timm model name")
+    size: int = _opt(256, "input size (a cache of this size must exist)")
+    windows: str = _opt("brain,subdural,bone", "the cache's windows")
+    context: int = _opt(0, "neighbour slices on each side as extra channels")
+    augment: bool = _opt(True, "random flips, affine and window jitter")
+    pretrained: bool = _opt(False, "timm hub weights (downloads)")
+    weights: str | None = _opt(
+        None, "local weights: timm state dict/checkpoint or ichdet checkpoint"
+    )
+    drop_path: float = _opt(0.0, "stochastic depth rate")
+
+
+@dataclass
+class SequenceTrainConfig(FoldConfig):
+    """``ichdet train --task sequence``: the series stage over a trained slice CNN's embeddings.
+
+    ``cnn`` is the CNN's run (one fold, or the CV run: fold k's sequence model reads fold k's
+    CNN, so no image of fold k was seen by either stage); ``out`` defaults to ``CNN/sequence``.
+    """
+
+    FIRST: ClassVar[tuple[str, ...]] = ("task", "cnn", "index", "cache", "out", "fold", "arch")
+    TASK: ClassVar[str] = "sequence"
+
+    task: str = _opt("sequence", "what to train: slice (the CNN) | sequence (the series stage)")
+    cnn: str | None = _opt(None, "sequence task: the slice CNN's run folder")
+    epochs: int = _opt(20, "epochs")
+    batch_size: int = _opt(16, "samples per step and process (series for the sequence task)")
+    workers: int = _opt(0, "data loader processes")
+    arch: str = _opt("gru", "sequence task: gru | lstm | transformer | conv")
+    hidden: int = _opt(128, "sequence task: hidden size")
+    layers: int = _opt(2, "sequence task: encoder layers")
+    dropout: float = _opt(0.2, "sequence task: dropout")
+    heads: int = _opt(4, "sequence task: attention heads (transformer)")
+    embed_tta: bool = _opt(False, "sequence task: embed each slice and its mirror image, averaged")
+    subsample: float = _opt(0.5, "sequence task: share of training series with slices dropped")
+    reverse: bool = _opt(True, "sequence task: reverse half the training series (and TTA)")
+    study_weight: float = _opt(1.0, "sequence task: weight of the study-level loss")
+
+
+#: ``task`` -> its config class.
+TASKS: dict[str, type[FoldConfig]] = {"slice": TrainConfig, "sequence": SequenceTrainConfig}
+
+
+def config_for(settings: dict[str, Any], source: str = "config") -> FoldConfig:
+    """The config of the task ``settings`` names (default: the slice CNN)."""
+    task = settings.get("task") or "slice"
+    if task not in TASKS:
+        raise ValueError(f"{source}: task {task!r} is not one of {', '.join(TASKS)}")
+    return TASKS[task].from_dict(settings, source)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ichdet.data.study_labels import study_truth
 from ichdet.evaluation.metrics import (
     from_long,
     operating_thresholds,
@@ -18,7 +19,7 @@ from ichdet.evaluation.metrics import (
     weighted_log_loss,
 )
 from ichdet.labels import LABELS
-from ichdet.training.config import TrainConfig, recipe_text
+from ichdet.training.config import FoldConfig, recipe_text
 from ichdet.training.distributed import setup_distributed
 from ichdet.training.runs import check_run_folder
 from ichdet.training.slice_task import fit
@@ -36,7 +37,7 @@ def index_folds(index: pd.DataFrame) -> list[int]:
 
 
 def fit_all(
-    cfg: TrainConfig,
+    cfg: FoldConfig,
     resume: bool = False,
     log: Callable[[str], None] = print,
     fit_fold: FitFold = fit,
@@ -72,26 +73,41 @@ def fit_all(
 def out_of_fold(
     index: pd.DataFrame, out: Path, folds: list[int], scores: dict, target: float
 ) -> dict[str, Any]:
-    """Join the folds' validation predictions; write oof_predictions.csv, cv.json, thresholds."""
+    """Join the folds' validation predictions; write oof_predictions.csv, cv.json, thresholds
+    (and oof_studies.csv with study metrics and thresholds when the folds wrote studies)."""
     oof = pd.concat([pd.read_csv(out / f"fold_{f}" / "valid_predictions.csv") for f in folds])
     write_frame(out / "oof_predictions.csv", oof)
     wide = from_long(oof)
+    index = index.assign(image_id=index["image_id"].astype(str))
     truth = index.set_index("image_id").loc[wide.index, list(LABELS)].to_numpy(dtype=np.float64)
     probs = wide.to_numpy()
-    cv = {
-        "folds": scores,
+    cv: dict[str, Any] = {"folds": scores, **_scores(truth, probs, target)}
+    cv["mean_fold_loss"] = float(np.mean(list(scores.values())))
+    thresholds = {
+        "target_sensitivity": target,
+        "source": "out-of-fold",
+        "labels": cv["operating_points"],
+    }
+    study_files = [out / f"fold_{f}" / "valid_studies.csv" for f in folds]
+    if all(p.is_file() for p in study_files):
+        studies = pd.concat([pd.read_csv(p, dtype={"study_id": str}) for p in study_files])
+        write_frame(out / "oof_studies.csv", studies)
+        study_y = study_truth(index).loc[studies["study_id"]].to_numpy(dtype=np.float64)
+        study_p = studies[list(LABELS)].to_numpy()
+        cv["study"] = _scores(study_y, study_p, target)
+        thresholds["study_labels"] = cv["study"]["operating_points"]
+    write_json(out / "cv.json", cv)
+    write_json(out / "thresholds.json", thresholds)
+    return cv
+
+
+def _scores(truth: np.ndarray, probs: np.ndarray, target: float) -> dict[str, Any]:
+    """Weighted log loss, prior baseline, AUC and the operating points (sensitivity and
+    specificity at the threshold for ``target`` sensitivity) of out-of-fold predictions."""
+    return {
         "cv_weighted_log_loss": weighted_log_loss(truth, probs),
-        "mean_fold_loss": float(np.mean(list(scores.values()))),
         "prior_log_loss": prior_log_loss(truth),
         "auc": per_label_auc(truth, probs),
+        "rows": len(truth),
+        "operating_points": operating_thresholds(truth, probs, target),
     }
-    write_json(out / "cv.json", cv)
-    write_json(
-        out / "thresholds.json",
-        {
-            "target_sensitivity": target,
-            "source": "out-of-fold",
-            "labels": operating_thresholds(truth, probs, target),
-        },
-    )
-    return cv

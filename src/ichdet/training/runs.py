@@ -38,7 +38,7 @@ def versions() -> dict[str, str]:
 
 #: Settings that are local paths: in the run's own recipe (relative where possible), never in
 #: checkpoints, which travel to other machines.
-PATH_FIELDS = ("index", "cache", "out", "weights")
+PATH_FIELDS = ("index", "cache", "out", "weights", "cnn")
 #: What a run writes into its folder (``--force`` removes these, and nothing else).
 RUN_FILES = (
     "config.yaml",
@@ -51,6 +51,10 @@ RUN_FILES = (
     "thresholds.json",
     "oof_predictions.csv",
     "cv.json",
+    "valid_studies.csv",
+    "oof_studies.csv",
+    "embeddings.npz",  # the series stage's inputs, made by this run's CNN
+    "embeddings_tta.npz",
 )
 
 

@@ -39,17 +39,31 @@ from ichdet.util.tables import write_frame
 
 
 def weighted_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE with the metric's label weights: equals the weighted log loss of sigmoid(logits)."""
-    w = torch.as_tensor(WEIGHT_VECTOR, device=logits.device)
-    per = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
-    return (per * w).sum(dim=1).mean() / w.sum()
+    """BCE with the metric's label weights: equals the weighted log loss of sigmoid(logits).
+
+    NaN targets (unknown labels) are masked out; the mean runs over the known cells, weighted.
+    A batch with no known label gives a zero loss that still reaches every output.
+    """
+    known = ~torch.isnan(target)
+    w = torch.as_tensor(WEIGHT_VECTOR, device=logits.device).expand_as(target) * known
+    per = F.binary_cross_entropy_with_logits(
+        logits.float(), torch.where(known, target, 0.0), reduction="none"
+    )
+    return (per * w).sum() / w.sum().clamp_min(1e-6)
 
 
 def split_fold(index: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training rows, validation rows) of the labelled training split for ``fold``."""
+    """(training rows, validation rows) of the training split for ``fold``: the images with at
+    least one slice label (unknown labels are masked out of the loss and the metrics)."""
     if "fold" not in index:
         raise ValueError("the index has no folds; build it with `ichdet index --folds K`")
-    labelled = index[(index["split"] == "train") & index[list(LABELS)].notna().all(axis=1)]
+    train = index[index["split"] == "train"]
+    labelled = train[train[list(LABELS)].notna().any(axis=1)]
+    if labelled.empty and len(train):
+        raise ValueError(
+            "no image of the training split has a slice label; the slice CNN needs some (a "
+            "study-labelled set trains the sequence stage over a CNN trained elsewhere)"
+        )
     folds = sorted(f for f in labelled["fold"].unique() if f >= 0)
     if fold not in folds:
         raise ValueError(f"fold {fold} not in the index (folds: {folds})")
