@@ -1,8 +1,10 @@
 """``ichdet demo``: the whole pipeline on built-in synthetic data, small enough for a laptop CPU.
 
 synth -> index (5 patient-grouped folds) -> prepare (128 px) -> train fold 0 of a TinyNet-E (an
-EfficientNet scaled down) from scratch -> metrics of the held-out fold against the prior-only
-baseline -> predict the test split (Kaggle submission) and score it against the synthetic truth.
+EfficientNet scaled down) from scratch -> train the series stage (a bidirectional GRU over each
+series' slice embeddings, fold 0 again) -> the CNN and the series stage side by side on the
+held-out fold -> predict the test split with both stages (Kaggle submission) and score it against
+the synthetic truth.
 Sizes were chosen by measurement on 2 CPU cores (see README and benchmarks/RESULTS.md).
 """
 
@@ -26,7 +28,8 @@ from ichdet.inference.predict import predict
 from ichdet.inference.runners import load_runner
 from ichdet.labels import LABELS
 from ichdet.synth.studies import synthesize
-from ichdet.training.config import TrainConfig
+from ichdet.training.config import SequenceTrainConfig, TrainConfig
+from ichdet.training.sequence_task import fit_sequence
 from ichdet.training.slice_task import fit
 
 
@@ -42,6 +45,8 @@ class DemoConfig:
     context: int = 0
     seed: int = 0
     workers: int = 2
+    sequence_epochs: int = 15
+    sequence_arch: str = "gru"
 
 
 def train_config(cfg: DemoConfig, out: str | os.PathLike) -> TrainConfig:
@@ -60,6 +65,22 @@ def train_config(cfg: DemoConfig, out: str | os.PathLike) -> TrainConfig:
         lr=cfg.lr,
         seed=cfg.seed,
         workers=min(cfg.workers, 1),
+        device="cpu",
+    )
+
+
+def sequence_config(cfg: DemoConfig, out: str | os.PathLike) -> SequenceTrainConfig:
+    """The demo's series stage: fold 0 over the demo CNN's embeddings, into ``run/sequence``."""
+    out = Path(out)
+    return SequenceTrainConfig(
+        index=str(out / "index.parquet"),
+        cache=str(out / "cache"),
+        cnn=str(out / "run"),
+        out=str(out / "run" / "sequence"),
+        fold=0,
+        arch=cfg.sequence_arch,
+        epochs=cfg.sequence_epochs,
+        seed=cfg.seed,
         device="cpu",
     )
 
@@ -102,6 +123,9 @@ def run_demo(
     metrics = fit(train_cfg, log=log, force=True)  # the demo owns its folder
     stage("train", t)
     t = time.perf_counter()
+    metrics["sequence"] = fit_sequence(sequence_config(cfg, out), log=log, force=True)
+    stage("sequence", t)
+    t = time.perf_counter()
     result = predict(load_runner([out / "run"]), out / "data", out / "predict", workers=cfg.workers)
     metrics["test"] = evaluate_files(
         result.files["submission"], out / "data" / "stage_2_test_labels.csv"
@@ -143,6 +167,33 @@ def print_demo_table(metrics: dict, console: Console) -> None:
             f"{title}: weighted log loss {loss:.4f} vs prior-only baseline "
             f"{prior:.4f} (ratio {loss / prior:.2f}); AUC(any) {m['auc']['any']:.3f}"
         )
+    print_stage_table(metrics["sequence"], console)
     total = sum(metrics["timings"].values())
     parts = ", ".join(f"{k} {v:.0f}s" for k, v in metrics["timings"].items())
     console.print(f"total {total:.0f}s ({parts})")
+
+
+def print_stage_table(seq: dict, console: Console) -> None:
+    """The slice CNN and the series stage on the same held-out images (the sequence run's
+    report holds both)."""
+    cnn = seq["cnn"]
+    table = Table(
+        "held-out fold",
+        "slice CNN",
+        "CNN + series stage",
+        title=f"the two stages on the same {seq['images']} held-out slices",
+    )
+    loss, seq_loss = cnn["weighted_log_loss"], seq["weighted_log_loss"]
+    table.add_row(
+        "slice weighted log loss", f"{loss:.4f}", f"{seq_loss:.4f} ({seq_loss / loss:.2f}x)"
+    )
+    for name in LABELS:
+        table.add_row(
+            f"slice AUC {name}", _fmt(cnn["auc"][name], ".3f"), _fmt(seq["auc"][name], ".3f")
+        )
+    table.add_row(
+        "study AUC(any)",
+        _fmt(cnn["study_auc"]["any"], ".3f") + " (max over slices)",
+        _fmt(seq["study"]["auc"]["any"], ".3f") + " (study head)",
+    )
+    console.print(table)

@@ -68,6 +68,15 @@ def _summarise(result: PredictResult) -> None:
         console.print(
             f"Kaggle submission: {result.files['submission']} ({len(result.submission)} rows)"
         )
+    warned = int((result.studies["warning"] != "").sum())
+    if warned:
+        from ichdet.inference.predict import SYNTHETIC_WARNING
+
+        err.print(
+            f"WARNING: {warned} {'study' if warned == 1 else 'studies'}: {SYNTHETIC_WARNING} "
+            "(column 'warning' of studies.csv)",
+            style="bold red",
+        )
     if result.missing:
         err.print(
             f"{result.missing} image(s) of the sample submission were not predicted (missing or "

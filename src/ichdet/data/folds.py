@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ichdet.labels import LABELS
+from ichdet.labels import LABELS, STUDY_LABELS
 
 
 def patient_groups(df: pd.DataFrame) -> pd.Series:
@@ -20,19 +20,30 @@ def patient_groups(df: pd.DataFrame) -> pd.Series:
 
 
 def assign_folds(df: pd.DataFrame, k: int, seed: int = 0) -> pd.Series:
-    """Fold 0..k-1 for labelled rows, -1 for the rest. Patients never straddle folds.
+    """Fold 0..k-1 for labelled rows (a slice label or a study label), -1 for the rest.
+    Patients never straddle folds.
 
-    Deterministic for a seed (the seed only breaks ties between equivalent patients).
+    Deterministic for a seed (the seed only breaks ties between equivalent patients). Study
+    labels count once per study; an index with slice labels only gets the folds it always got.
     """
     if k < 2:
         raise ValueError("folds must be >= 2")
     folds = pd.Series(-1, index=df.index, dtype=np.int64)
-    labelled = df[df["any"].notna()] if "any" in df else df.iloc[:0]
+    names = [n for n in (*LABELS, *STUDY_LABELS) if n in df]
+    labelled = df[df[names].notna().any(axis=1)] if names else df.iloc[:0]
     if labelled.empty:
         return folds
     groups = patient_groups(labelled)
-    names = [n for n in LABELS if n in labelled]
-    counts = labelled[names].fillna(0).astype(float).groupby(groups.to_numpy()).sum()
+    slice_names = [n for n in LABELS if n in labelled and labelled[n].notna().any()]
+    counts = labelled[slice_names].fillna(0).astype(float).groupby(groups.to_numpy()).sum()
+    study_names = [n for n in STUDY_LABELS if n in labelled and labelled[n].notna().any()]
+    if study_names:
+        per_study = labelled.groupby("study_id")[study_names].first().fillna(0)
+        patient_of = labelled.groupby("study_id")["patient_id"].first()
+        per_study.index = patient_groups(
+            pd.DataFrame({"patient_id": patient_of, "study_id": per_study.index})
+        ).to_numpy()
+        counts = counts.join(per_study.groupby(level=0).sum(), how="outer").fillna(0)
     counts["slices"] = groups.value_counts()
     if len(counts) < k:
         raise ValueError(f"{len(counts)} patients cannot fill {k} folds")

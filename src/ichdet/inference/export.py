@@ -145,6 +145,7 @@ def export_onnx(
         "thresholds": runner.thresholds,
         "models": runner.names,
         "opset": opset,
+        "synthetic_only": runner.synthetic_only,
     }
     series = runner.series
     if not isinstance(series, TorchSeries):

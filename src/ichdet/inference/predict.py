@@ -209,6 +209,7 @@ def predict(
     if scores.series is not None:  # a study of several series: its highest series
         study_probs = scores.series.groupby("study_id", sort=False)[list(LABELS)].max()
     studies = study_table(slices, runner.study_thresholds, study_probs)
+    studies["warning"] = provenance_warnings(runner, index, studies["study_id"])
     error_rows = [*errors.itertuples(index=False, name=None), *scores.errors]
     frames = {"slices": slices, "studies": studies}
     submission, missing = None, 0
@@ -220,6 +221,21 @@ def predict(
     errors_df = pd.DataFrame(error_rows, columns=["source", "reason"])
     files = write_outputs(out, {**frames, "errors": errors_df}, runner)
     return PredictResult(index, slices, studies, errors_df, submission, files, missing)
+
+
+SYNTHETIC_WARNING = (
+    "model trained only on synthetic phantoms (ichdet synth), applied to real images: "
+    "its probabilities mean nothing here"
+)
+
+
+def provenance_warnings(runner: Runner, index: pd.DataFrame, study_ids: pd.Series) -> list[str]:
+    """Per study: SYNTHETIC_WARNING when a phantom-trained model met real images, else ""."""
+    if not runner.synthetic_only or study_ids.empty:
+        return [""] * len(study_ids)
+    synthetic = index["synthetic"] if "synthetic" in index else pd.Series(False, index.index)
+    all_synthetic = synthetic.astype(bool).groupby(index["study_id"]).all()
+    return ["" if all_synthetic.get(s, False) else SYNTHETIC_WARNING for s in study_ids]
 
 
 NOT_PREDICTED = "not predicted (missing or unreadable); filled with the mean prediction"

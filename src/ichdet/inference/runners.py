@@ -52,6 +52,7 @@ class Runner(Protocol):
     study_thresholds: dict[str, float]  #: ... of the study outputs
     names: list[str]  #: the model files, for the record
     series: SeriesStage | None  #: the series stage, when the run has one
+    synthetic_only: bool  #: every model was trained on ``ichdet synth`` phantoms only
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """uint8 N x C x H x W -> float32 N x 6 probabilities."""
@@ -113,7 +114,7 @@ class TorchRunner:
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.tta, self.batch_size = tta, batch_size
         self.models: list[nn.Module] = []
-        specs = []
+        specs, synthetic = [], []
         for path in checkpoints:
             ckpt = load_checkpoint(path)
             if ckpt["kind"] != "slice_cnn":
@@ -121,6 +122,7 @@ class TorchRunner:
                     f"{path}: a {ckpt['kind']} checkpoint; this runner takes slice CNNs"
                 )
             self.models.append(model_from_checkpoint(ckpt).to(self.device))
+            synthetic.append(bool(ckpt.get("training_data", {}).get("synthetic_only")))
             specs.append(
                 InputSpec(
                     CacheSettings.from_dict(ckpt["cache_settings"]), int(ckpt.get("context", 0))
@@ -132,6 +134,7 @@ class TorchRunner:
         paths = [Path(p) for p in checkpoints]
         self.thresholds = run_thresholds(paths) or default_thresholds()
         self.names = [short_name(p) for p in paths]
+        self.synthetic_only = all(synthetic)
         found = sequence_checkpoints(paths)
         self.series: SeriesStage | None = None
         if found is not None:
@@ -207,6 +210,7 @@ class OnnxRunner:
         self.input_name = self.session.get_inputs()[0].name
         self.tta, self.batch_size = tta, batch_size
         self.names = [Path(path).name]
+        self.synthetic_only = bool(meta.get("synthetic_only"))
         self.series: SeriesStage | None = None
         if meta.get("sequence"):
             self.series = _onnx_series(ort, Path(path), meta["sequence"], threads)

@@ -125,6 +125,8 @@ tr.flag { background: #fdd; font-weight: bold; }
 figure { margin: 0; } figcaption { font-size: 80%; text-align: center; }
 section { border-top: 1px solid #ddd; margin-top: 1.5em; }
 .note, .disclaimer { color: #666; font-size: 90%; }
+.banner { background: #eef; padding: 4px 8px; }
+.warning { background: #fd8; border: 2px solid #c80; padding: 6px 8px; font-weight: bold; }
 """
 
 ONNX_NOTE = (
@@ -153,10 +155,22 @@ def study_report(
     heatmapper: HeatMapper | None,
     out: str | os.PathLike,
     models: int = 1,
+    study_thresholds: dict[str, float] | None = None,
+    series_stage: bool = False,
 ) -> Path:
     """Write one study's HTML. ``study``: its slices.csv rows in z order; ``inputs``: model
-    inputs by image id (for the heat maps); ``sources``: image id -> source."""
+    inputs by image id (for the heat maps); ``sources``: image id -> source; ``thresholds``
+    are the slice outputs', ``study_thresholds`` the study outputs' (default: the same).
+    A ``warning`` in ``summary`` (a model trained on phantoms only) is shown as a banner."""
     study_id = html.escape(str(summary["study_id"]))
+    study_thresholds = study_thresholds or thresholds
+    how = (
+        "Study probability = the series model's study output (it reads every slice in order)"
+        if series_stage
+        else "Study probability = highest slice probability"
+    )
+    warning = str(summary.get("warning") or "")
+    banner = f"<p class='warning'>WARNING: {html.escape(warning)}</p>" if warning else ""
     sections = []
     for i, name in enumerate(LABELS):
         image_id = str(summary[f"{name}_slice"])
@@ -165,11 +179,12 @@ def study_report(
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ichdet report {study_id}</title>
 <style>{STYLE}</style></head><body>
+<p class="banner">Research use only: not for diagnostic use.</p>{banner}
 <h1>Intracranial hemorrhage: study {study_id}</h1>
-<p>{len(study)} slices. Study probability = highest slice probability; a label is flagged when it
-reaches the model's operating threshold.</p>
+<p>{len(study)} slices. {how}; a label is flagged when it reaches the model's operating
+threshold.</p>
 <table><tr><th>label</th><th>probability</th><th>threshold</th><th>flag</th><th>top slice</th>
-</tr>{_summary_rows(summary, thresholds)}</table>
+</tr>{_summary_rows(summary, study_thresholds)}</table>
 <h2>Probability along the slices</h2>
 <img class='curve' src='{_curve(study, list(LABELS), thresholds)}' alt='all labels'>
 {_heatmap_note(heatmapper, models)}{"".join(sections)}

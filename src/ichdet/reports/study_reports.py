@@ -70,4 +70,6 @@ def _one_report(
         heatmapper,
         out / f"{path_component(str(summary['study_id']))}.html",
         models=len(runner.names),
+        study_thresholds=runner.study_thresholds,
+        series_stage=runner.series is not None,
     )

@@ -37,7 +37,7 @@ from ichdet.training.distributed import Runtime
 from ichdet.training.embed import Embeddings, embed_frame
 from ichdet.training.loop import OnStep, train
 from ichdet.training.series_data import SeriesSet, build_series, collate_series
-from ichdet.training.slice_task import resolve_cache, weighted_bce
+from ichdet.training.slice_task import resolve_cache, training_data, weighted_bce
 from ichdet.util.digest import file_digest
 from ichdet.util.jsonio import write_json
 from ichdet.util.tables import write_frame
@@ -127,6 +127,7 @@ class SequenceTask:
         emb = load_embeddings(cfg, self.checkpoint, frame, log)
         self.embeddings = emb
         train_df, valid_df = frame[frame["fold"] != self.fold], frame[frame["fold"] == self.fold]
+        self.training_data = training_data(train_df)
         series = {
             "train": build_series(train_df, emb.ids, truth),
             "valid": build_series(valid_df, emb.ids, truth),
@@ -208,11 +209,13 @@ class SequenceTask:
             "model_config": self.model_config.to_dict(),
             "cnn": {"digest": file_digest(self.checkpoint), "tta": self.cfg.embed_tta},
             "reverse_tta": self.cfg.reverse,
+            "training_data": self.training_data,
         }
 
     def run_details(self) -> dict[str, Any]:
         emb = self.embeddings
         return {
+            "trained_on": self.training_data,
             "train_series": len(self.train_set),
             "valid_series": len(self.valid_set),
             "embedding": {

@@ -93,6 +93,17 @@ def _cache_matches(settings: CacheSettings, size: int, windows: list[str]) -> bo
     return settings.size == size and [w.name for w in settings.windows] == windows
 
 
+def training_data(frame: pd.DataFrame) -> dict[str, Any]:
+    """What a model was trained on: image counts, and whether all were ``ichdet synth``
+    phantoms (the index's ``synthetic`` column; an index without it counts as real data)."""
+    synthetic = int(frame["synthetic"].sum()) if "synthetic" in frame else 0
+    return {
+        "images": len(frame),
+        "synthetic_images": synthetic,
+        "synthetic_only": bool(len(frame)) and synthetic == len(frame),
+    }
+
+
 #: Images without a cache entry that a run accepts (and reports): at most this many, or share.
 MAX_MISSING = 10
 MAX_MISSING_SHARE = 0.001
@@ -179,10 +190,12 @@ class SliceTask:
             "model_config": self.model_config.to_dict(),
             "cache_settings": self.settings.to_dict(),
             "context": self.cfg.context,
+            "training_data": training_data(self.train_set.index),
         }
 
     def run_details(self) -> dict[str, Any]:
         return {
+            "trained_on": training_data(self.train_set.index),
             "train_images": len(self.train_set),
             "valid_images": len(self.valid_set),
             "missing_cache_entries": len(self.missing),
