@@ -9,8 +9,15 @@ import pytest
 import timm
 
 from ichdet.cli.train_cmd import settings_from
-from ichdet.demo import DemoConfig, train_config
-from ichdet.training.config import TrainConfig, read_recipe, recipe_text
+from ichdet.demo import DemoConfig, sequence_config, train_config
+from ichdet.models.sequence import ENCODERS
+from ichdet.training.config import (
+    SequenceTrainConfig,
+    TrainConfig,
+    config_for,
+    read_recipe,
+    recipe_text,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -65,8 +72,11 @@ def test_paths_are_required_from_somewhere(tmp_path):
 def test_shipped_recipes_load_and_name_real_models(recipe):
     text = recipe.read_text()
     assert text.startswith("# ") and "Cost" in text  # says what it is for and what it costs
-    cfg = TrainConfig.from_dict(read_recipe(recipe), source=recipe.name)
-    assert timm.is_model(cfg.model), cfg.model
+    cfg = config_for(read_recipe(recipe), source=recipe.name)
+    if isinstance(cfg, TrainConfig):
+        assert timm.is_model(cfg.model), cfg.model
+    else:
+        assert isinstance(cfg, SequenceTrainConfig) and cfg.arch in ENCODERS
 
 
 def test_the_shipped_recipes_are_the_ones_the_readme_promises():
@@ -76,12 +86,22 @@ def test_the_shipped_recipes_are_the_ones_the_readme_promises():
         "rsna-b0-256.yaml",
         "rsna-b7-512.yaml",
         "rsna-resnext101-480.yaml",
+        "demo-sequence.yaml",
+        "rsna-sequence-gru.yaml",
     } <= names
 
 
 def test_the_demo_recipe_is_the_demos_training_step():
     recipe = TrainConfig.from_dict(read_recipe(CONFIGS / "demo.yaml"))
     assert recipe == replace(train_config(DemoConfig(), "demo-run"), out="runs/demo")
+
+
+def test_the_demo_sequence_recipe_is_the_demos_series_stage():
+    recipe = config_for(read_recipe(CONFIGS / "demo-sequence.yaml"))
+    expected = replace(
+        sequence_config(DemoConfig(), "demo-run"), cnn="runs/demo", out="runs/demo/sequence"
+    )
+    assert recipe == expected
 
 
 def test_recipes_list_what_to_train_on_first():

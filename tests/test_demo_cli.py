@@ -14,10 +14,19 @@ runner = CliRunner()
 
 def test_demo_end_to_end_tiny(tmp_path):
     cfg = DemoConfig(
-        studies=10, synth_size=48, size=32, model="test_efficientnet", epochs=1, workers=1
+        studies=10,
+        synth_size=48,
+        size=32,
+        model="test_efficientnet",
+        epochs=1,
+        workers=1,
+        sequence_epochs=2,
     )
     metrics = run_demo(tmp_path / "demo", cfg, log=lambda s: None)
-    assert set(metrics["timings"]) == {"synth", "index", "prepare", "train", "predict"}
+    assert set(metrics["timings"]) == {"synth", "index", "prepare", "train", "sequence", "predict"}
+    assert (tmp_path / "demo" / "run" / "sequence" / "best.pt").is_file()
+    slices = pd.read_csv(tmp_path / "demo" / "predict" / "slices.csv")
+    assert "cnn_any" in slices  # predict took run/ as it is, with its series stage
     assert metrics["prior_log_loss"] > 0 and metrics["test"]["images"] > 0
     submission = pd.read_csv(tmp_path / "demo" / "predict" / "submission.csv")
     sample = pd.read_csv(tmp_path / "demo" / "data" / "stage_2_sample_submission.csv")
@@ -26,6 +35,7 @@ def test_demo_end_to_end_tiny(tmp_path):
     print_demo_table(metrics, console)
     text = console.export_text()
     assert "prior-only baseline" in text and "intraventricular" in text
+    assert "CNN + series stage" in text and "slice weighted log loss" in text
 
 
 def test_data_commands(tmp_path):

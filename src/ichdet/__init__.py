@@ -35,6 +35,8 @@ _API = {
     "TrainConfig": "ichdet.training.config",
     "fit": "ichdet.training.slice_task",
     "fit_all": "ichdet.training.cv",
+    "SequenceTrainConfig": "ichdet.training.config",
+    "fit_sequence": "ichdet.training.sequence_task",
     "load_runner": "ichdet.inference.runners",
     "predict": "ichdet.inference.predict",
     "export_onnx": "ichdet.inference.export",
@@ -65,6 +67,8 @@ __all__ = [
     "TrainConfig",
     "fit",
     "fit_all",
+    "SequenceTrainConfig",
+    "fit_sequence",
     "load_runner",
     "predict",
     "export_onnx",
@@ -89,8 +93,9 @@ if TYPE_CHECKING:
     from ichdet.models.checkpoint import load_checkpoint
     from ichdet.models.slice_cnn import ModelConfig, build_model
     from ichdet.synth.studies import synthesize
-    from ichdet.training.config import TrainConfig
+    from ichdet.training.config import SequenceTrainConfig, TrainConfig
     from ichdet.training.cv import fit_all
+    from ichdet.training.sequence_task import fit_sequence
     from ichdet.training.slice_task import fit
 
 

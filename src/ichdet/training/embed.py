@@ -106,5 +106,6 @@ def embed_frame(
             "images": n,
             "seconds": seconds,
             "images_per_s": n / seconds if seconds else 0.0,
+            "missing": [str(i) for i in dataset.missing],  # no cache entry: not embedded
         },
     )

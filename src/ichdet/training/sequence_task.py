@@ -33,7 +33,7 @@ from ichdet.labels import LABELS
 from ichdet.models.checkpoint import find_checkpoints, load_checkpoint
 from ichdet.models.sequence import KIND, SequenceConfig, SeriesModel
 from ichdet.training.config import SequenceTrainConfig
-from ichdet.training.distributed import Runtime
+from ichdet.training.distributed import Runtime, setup_distributed
 from ichdet.training.embed import Embeddings, embed_frame
 from ichdet.training.loop import OnStep, train
 from ichdet.training.series_data import SeriesSet, build_series, collate_series
@@ -76,26 +76,38 @@ def load_embeddings(
     cfg: SequenceTrainConfig, checkpoint: Path, frame: pd.DataFrame, log: Callable[[str], None]
 ) -> Embeddings:
     """Embeddings of ``frame`` by ``checkpoint``: reused from ``<fold dir>/embeddings.npz`` when
-    made by the same checkpoint with the same TTA and covering every row, else computed."""
+    made by the same checkpoint with the same TTA and covering every row, else computed (by
+    rank 0 under torchrun; the other ranks wait and read the file)."""
+    d, device = setup_distributed(cfg.device)
     path = checkpoint.parent / (EMBEDDINGS if not cfg.embed_tta else "embeddings_tta.npz")
-    if path.is_file():
-        found = Embeddings.load(path)
-        same = found.meta.get("cnn") == file_digest(checkpoint)
-        if same and set(frame["image_id"].astype(str)) <= set(found.ids):
-            log(f"embeddings: reusing {path} ({len(found.ids)} images)")
-            return found
-    ckpt = load_checkpoint(checkpoint)
-    size, windows = ckpt["cache_settings"]["size"], ckpt["cache_settings"]["windows"]
-    names = ",".join(w["name"] for w in windows)
-    cache = resolve_cache(str(cfg.cache), int(size), names)
-    device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-    emb = embed_frame(checkpoint, frame, cache, cfg.embed_tta, device=device, log=log)
-    emb.save(path)
-    log(
-        f"embeddings: {len(emb.ids)} images at {emb.meta['images_per_s']:.0f} img/s, "
-        f"{emb.bytes_per_image():.0f} bytes each -> {path}"
-    )
-    return emb
+    wanted = set(frame["image_id"].astype(str))
+    if d.main and _reusable(path, checkpoint, wanted) is None:
+        ckpt = load_checkpoint(checkpoint)
+        size, windows = ckpt["cache_settings"]["size"], ckpt["cache_settings"]["windows"]
+        names = ",".join(w["name"] for w in windows)
+        cache = resolve_cache(str(cfg.cache), int(size), names)
+        emb = embed_frame(checkpoint, frame, cache, cfg.embed_tta, device=str(device), log=log)
+        emb.save(path)
+        log(
+            f"embeddings: {len(emb.ids)} images at {emb.meta['images_per_s']:.0f} img/s, "
+            f"{emb.bytes_per_image():.0f} bytes each -> {path}"
+        )
+    d.barrier()
+    found = _reusable(path, checkpoint, wanted)
+    if found is None:
+        raise ValueError(f"{path}: the embeddings do not cover this fold's images")
+    log(f"embeddings: {len(found.ids)} images from {path}")
+    return found
+
+
+def _reusable(path: Path, checkpoint: Path, wanted: set[str]) -> Embeddings | None:
+    """The embeddings at ``path`` when ``checkpoint`` made them and they cover ``wanted``."""
+    if not path.is_file():
+        return None
+    found = Embeddings.load(path)
+    same = found.meta.get("cnn") == file_digest(checkpoint)
+    covered = set(found.ids.tolist()) | set(found.meta.get("missing", []))
+    return found if same and wanted <= covered else None
 
 
 def reverse_padded(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
