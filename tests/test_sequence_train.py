@@ -249,3 +249,48 @@ def test_cli_trains_the_sequence_task_into_the_cnn_run(cnn_run, tmp_path):
     assert "study AUC(any)" in result.output
     assert (tmp_path / "run" / "sequence" / "best.pt").is_file()
     assert load_runner([tmp_path / "run"]).series is not None
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_train_the_series_stage(cnn_run, tmp_path):
+    """Rank 0 embeds, the other rank waits for the file; validation is gathered once."""
+    import os
+    import shutil
+
+    shutil.copytree(cnn_run / "cnn" / "fold_0", tmp_path / "run")
+    (tmp_path / "run" / "embeddings.npz").unlink(missing_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ichdet",
+        "train",
+        str(cnn_run / "index.parquet"),
+        "--cache",
+        str(cnn_run / "cache"),
+        "--task",
+        "sequence",
+        "--cnn",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "1",
+        "--hidden",
+        "8",
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = tmp_path / "run" / "sequence"
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    index = pd.read_parquet(cnn_run / "index.parquet")
+    valid = index[(index["split"] == "train") & (index["fold"] == 0)]
+    assert len(pd.read_csv(out / "valid_predictions.csv")) == 6 * len(valid)
+    assert set(pd.read_csv(out / "valid_studies.csv")["study_id"]) == set(valid["study_id"])
