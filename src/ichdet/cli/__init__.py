@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import typer
 
-from ichdet.cli import data_cmds, demo_cmd, evaluate_cmd, inspect_cmds, predict_cmds, train_cmd
+from ichdet.cli import (
+    data_cmds,
+    demo_cmd,
+    evaluate_cmd,
+    inspect_cmds,
+    predict_cmds,
+    serve_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="ichdet",
@@ -30,6 +38,7 @@ for command in (
     demo_cmd.demo,
     predict_cmds.predict,
     predict_cmds.export,
+    serve_cmd.serve,
 ):
     app.command()(command)
 

@@ -1,0 +1,153 @@
+"""The service's workers: threads that take queued studies from the store and predict them.
+
+A study's folder is ``studies/<id>/``: ``files/`` (what was uploaded), ``result/`` (what
+``ichdet predict`` writes) and ``report.html``. The job is marked done with a summary (study
+probabilities, flags, key slices, per-slice results in z order) as soon as the prediction is
+written; the HTML report follows (the API answers 503 for it until then).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ichdet.inference.predict import PredictResult, predict
+from ichdet.inference.runners import Runner
+from ichdet.labels import LABELS
+from ichdet.serve.store import Store
+
+log = logging.getLogger("ichdet.serve")
+#: matplotlib's pyplot (the report's curves) is not thread-safe: one report at a time.
+_REPORT_LOCK = threading.Lock()
+
+
+def summarise(result: PredictResult, runner: Runner) -> dict[str, Any]:
+    """The JSON the API returns for a finished study."""
+    study = result.studies.iloc[0]
+    slices = result.slices.reset_index(drop=True)
+    sources = dict(zip(result.index["image_id"], result.index["source"], strict=True))
+    position = {image_id: n for n, image_id in enumerate(slices["image_id"])}
+    return {
+        "study_uid": str(study["study_id"]),
+        "slices": [
+            {
+                "n": n,
+                "z": None if math.isnan(row.z) else float(row.z),
+                "file": Path(sources[row.image_id]).name,
+                "probabilities": {k: float(getattr(row, k)) for k in LABELS},
+            }
+            for n, row in enumerate(slices.itertuples(index=False))
+        ],
+        "probabilities": {k: float(study[k]) for k in LABELS},
+        "flags": {k: bool(study[f"{k}_flag"]) for k in LABELS},
+        "key_slices": {k: position[study[f"{k}_slice"]] for k in LABELS},
+        "thresholds": {k: float(runner.study_thresholds.get(k, 0.5)) for k in LABELS},
+        "warning": str(study.get("warning") or ""),
+        "series_stage": runner.series is not None,
+        "models": list(runner.names),
+        "skipped_files": int(len(result.errors)),
+    }
+
+
+class Processor:
+    """``workers`` threads running the model over queued studies."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        store: Store,
+        root: Path,
+        workers: int = 1,
+        on_done: Callable[[str, float, bool], None] | None = None,
+        retention_days: float = 0.0,
+    ):
+        self.runner, self.store, self.root = runner, store, root
+        self.workers, self.on_done = workers, on_done
+        self.retention = retention_days * 86400
+        self.last_cleanup = 0.0
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        requeued = self.store.requeue_interrupted()
+        if requeued:
+            log.info("requeued %d interrupted studies", requeued)
+        for k in range(self.workers):
+            thread = threading.Thread(target=self._loop, name=f"ichdet-worker-{k}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            study_id = self.store.claim_next()
+            if study_id is None:
+                self.cleanup()
+                self.wake.wait(timeout=1.0)
+                self.wake.clear()
+                continue
+            self.process(study_id)
+
+    def cleanup(self) -> None:
+        """Retention: at most once a minute, delete finished studies past their time."""
+        if not self.retention or time.time() - self.last_cleanup < 60:
+            return
+        self.last_cleanup = time.time()
+        old = self.store.older_than(self.retention)
+        for study_id in old:
+            if self.store.delete(study_id):
+                shutil.rmtree(self.root / study_id, ignore_errors=True)
+        if old:
+            log.info("retention: deleted %d studies", len(old))
+
+    def process(self, study_id: str) -> None:
+        folder = self.root / study_id
+        started = time.perf_counter()
+        try:
+            out = folder / "result"
+            shutil.rmtree(out, ignore_errors=True)  # a rerun after a crash starts clean
+            result = predict(self.runner, folder / "files", out)
+            if result.slices.empty:
+                raise ValueError("no slice could be read")
+            summary = summarise(result, self.runner)
+        except Exception as exc:  # noqa: BLE001 - one study must never stop the service
+            self.store.fail(study_id, f"{type(exc).__name__}: {exc}")
+            log.warning("study %s failed (%s)", study_id, type(exc).__name__)
+            self._done(study_id, started, ok=False)
+            return
+        self.store.finish(
+            study_id, summary, any(summary["flags"].values()), summary["probabilities"]["any"]
+        )
+        log.info("study %s done (%d slices)", study_id, len(summary["slices"]))
+        self._done(study_id, started, ok=True)
+        self._report(study_id, result)
+
+    def _done(self, study_id: str, started: float, ok: bool) -> None:
+        if self.on_done:
+            self.on_done(study_id, time.perf_counter() - started, ok)
+
+    def _report(self, study_id: str, result: PredictResult) -> None:
+        from ichdet.reports.study_reports import write_reports
+
+        folder = self.root / study_id
+        with _REPORT_LOCK:
+            try:
+                paths, _ = write_reports(self.runner, result, folder / "report")
+                if paths:
+                    paths[0].replace(folder / "report.html")
+            except Exception:  # noqa: BLE001 - the result stands without its report
+                log.warning("study %s: report failed", study_id)
+            shutil.rmtree(folder / "report", ignore_errors=True)

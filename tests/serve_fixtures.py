@@ -1,0 +1,57 @@
+"""Shared by the service tests: a tiny exported model and synthetic studies to upload."""
+
+from __future__ import annotations
+
+import io
+import socket
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+
+from ichdet.data.cache import CacheSettings
+from ichdet.data.index import build_index, write_index
+from ichdet.data.prepare import prepare
+from ichdet.inference.export import export_onnx
+from ichdet.synth.studies import synthesize
+from ichdet.training.config import TrainConfig
+from ichdet.training.slice_task import fit
+
+
+def build_model_and_studies(root: Path) -> tuple[Path, dict[str, list[Path]]]:
+    """(an ONNX model trained 1 epoch on synthetic data, study UID -> its files in z order)."""
+    synthesize(root / "data", studies=6, seed=3, size=48)
+    df, errors, report = build_index(root / "data", folds=2)
+    index = write_index(df, errors, report, root / "index.parquet")
+    prepare(df, root / "cache", CacheSettings(size=32))
+    cfg = TrainConfig(
+        index=str(index),
+        cache=str(root / "cache"),
+        out=str(root / "run"),
+        model="test_efficientnet",
+        size=32,
+        epochs=1,
+        batch_size=16,
+        workers=0,
+    )
+    fit(cfg, log=lambda s: None)
+    model = export_onnx([root / "run"], root / "model.onnx")
+    studies = {
+        str(study): [Path(s) for s in rows.sort_values("slice_index")["source"]]
+        for study, rows in pd.read_parquet(index).groupby("study_id")
+    }
+    return model, studies
+
+
+def zip_of(paths: list[Path]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for k, path in enumerate(paths):
+            zf.write(path, f"dir/{k}.dcm")
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
