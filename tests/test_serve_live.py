@@ -1,0 +1,127 @@
+"""``ichdet serve`` as a real process on the loopback interface: the web page in Chromium
+(Playwright), and a SIGKILL while studies are queued and running."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+httpx = pytest.importorskip("httpx", reason="the 'dev' extra is not installed")
+pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
+from serve_fixtures import build_model_and_studies, free_port  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def model_and_studies(tmp_path_factory):
+    return build_model_and_studies(tmp_path_factory.mktemp("live"))
+
+
+class Server:
+    """``python -m ichdet serve`` on a free loopback port; stopped by the test."""
+
+    def __init__(self, model, store, port=None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "ichdet", "serve", str(model), "--port", str(self.port)]
+        cmd += ["--store", str(store)]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ}
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("the server did not start: " + self.proc.stderr.read().decode()[-2000:])
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+
+def _upload(url, paths):
+    files = [("files", ("upload", p.read_bytes(), "application/dicom")) for p in paths]
+    answer = httpx.post(url + "/api/v1/studies", files=files, timeout=60)
+    assert answer.status_code == 202, answer.text
+    return answer.json()["id"]
+
+
+def _wait_all(url, ids, timeout=120):
+    deadline = time.time() + timeout
+    bodies = {}
+    while time.time() < deadline:
+        bodies = {i: httpx.get(f"{url}/api/v1/studies/{i}", timeout=10).json() for i in ids}
+        if all(b["status"] in ("done", "failed") for b in bodies.values()):
+            return bodies
+        time.sleep(0.2)
+    raise AssertionError({i: b["status"] for i, b in bodies.items()})
+
+
+@pytest.mark.slow
+def test_sigkill_with_studies_queued_and_running_loses_none(model_and_studies, tmp_path):
+    model, studies = model_and_studies
+    server = Server(model, tmp_path / "store")
+    uploads = [paths for paths in studies.values()] * 2  # 12 studies
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            ids = list(pool.map(lambda p: _upload(server.url, p), uploads))
+        time.sleep(0.3)  # some running, most queued
+    finally:
+        server.stop(signal.SIGKILL)
+    server = Server(model, tmp_path / "store", port=server.port)
+    try:
+        bodies = _wait_all(server.url, ids)
+        listed = httpx.get(server.url + "/api/v1/studies?limit=100").json()
+    finally:
+        server.stop()
+    assert all(b["status"] == "done" for b in bodies.values())
+    assert listed["total"] == len(ids) == len(set(ids))  # each study once, none lost
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: apt-get install chromium")
+def test_the_page_uploads_lists_and_views_a_study(model_and_studies, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    model, studies = model_and_studies
+    paths = next(iter(studies.values()))
+    server = Server(model, tmp_path / "store")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            assert "Research use only" in page.inner_text("#banner")
+            page.set_input_files("#file-input", [str(x) for x in paths])
+            row = page.locator("#worklist tbody tr", has_text="done")
+            row.wait_for(timeout=60_000)
+            cells = row.locator("td").all_inner_texts()
+            assert cells[3]  # the flags column ("-" when none is raised)
+            row.click()
+            slice_image = page.locator("#slice")
+            page.wait_for_function("document.getElementById('slice').naturalWidth > 0")
+            assert page.locator("#summary tbody tr").count() == 6
+            page.click("button[data-window=bone]")
+            page.wait_for_function("document.getElementById('slice').dataset.window === 'bone'")
+            page.check("#overlay")
+            page.wait_for_function("document.getElementById('slice').dataset.overlay === 'heatmap'")
+            first = int(slice_image.get_attribute("data-n"))
+            page.keyboard.press("ArrowDown" if first == 0 else "ArrowUp")
+            page.wait_for_function(
+                f"Number(document.getElementById('slice').dataset.n) !== {first}"
+            )
+            page.locator("a.key-slice").first.click()
+            label = page.inner_text("#slice-label")
+            assert label.startswith("slice ") and f"/ {len(paths)}" in label
+            browser.close()
+    finally:
+        server.stop()
