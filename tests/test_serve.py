@@ -221,3 +221,57 @@ def test_log_lines_carry_no_patient_ids(client_for, model_and_studies, caplog):
         _wait(client, study_id)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert study_id in text and uid not in text and "ID_" not in text
+
+
+def test_no_cross_origin_headers(client_for):
+    client = client_for()
+    answer = client.options(
+        "/api/v1/studies",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-origin" not in answer.headers
+    got = client.get("/api/v1/studies", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in got.headers
+
+
+def test_retention_deletes_finished_studies_past_their_time(
+    client_for, model_and_studies, tmp_path
+):
+    _, studies = model_and_studies
+    client = client_for(retention_days=1)
+    study_id = client.post("/api/v1/studies", files=_files(next(iter(studies.values())))).json()[
+        "id"
+    ]
+    _wait(client, study_id)
+    ctx = client.app.state.ctx
+    with ctx.store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE studies SET received = received - 2 * 86400")
+    ctx.processor.last_cleanup = 0.0
+    ctx.processor.cleanup()
+    assert client.get(f"/api/v1/studies/{study_id}").status_code == 404
+    assert not (tmp_path / "store" / "studies" / study_id).exists()
+
+
+def test_binding_beyond_loopback_needs_a_token(model_and_studies, tmp_path):
+    from typer.testing import CliRunner
+
+    from ichdet.cli import app
+
+    model, _ = model_and_studies
+    result = CliRunner().invoke(
+        app, ["serve", str(model), "--host", "0.0.0.0", "--store", str(tmp_path / "s")]
+    )
+    assert result.exit_code != 0 and "--token-file" in result.output
+
+
+def test_a_run_folder_is_exported_to_onnx_once(model_and_studies, tmp_path):
+    from ichdet.serve.model import load_model
+
+    model, _ = model_and_studies
+    run = model.parent / "run"
+    first = load_model(run, tmp_path, device="cpu")
+    exported = next((tmp_path / "model").glob("*.onnx"))
+    stamp = exported.stat().st_mtime_ns
+    second = load_model(run, tmp_path, device="cpu")
+    assert exported.stat().st_mtime_ns == stamp  # cached, not exported again
+    assert first.names == second.names == [exported.name]

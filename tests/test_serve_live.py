@@ -72,9 +72,9 @@ def _wait_all(url, ids, timeout=120):
 def test_sigkill_with_studies_queued_and_running_loses_none(model_and_studies, tmp_path):
     model, studies = model_and_studies
     server = Server(model, tmp_path / "store")
-    uploads = [paths for paths in studies.values()] * 2  # 12 studies
+    uploads = ([paths for paths in studies.values()] * 4)[:20]  # 20 concurrent uploads
     try:
-        with ThreadPoolExecutor(6) as pool:
+        with ThreadPoolExecutor(20) as pool:
             ids = list(pool.map(lambda p: _upload(server.url, p), uploads))
         time.sleep(0.3)  # some running, most queued
     finally:
