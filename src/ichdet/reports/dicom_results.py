@@ -1,0 +1,258 @@
+"""Results as DICOM objects in the source study (highdicom): a Comprehensive 3D SR and Secondary
+Capture images of the key slices.
+
+Both go into the study they describe (same StudyInstanceUID and patient) as new series. The SR
+holds one finding per label (probability, the flag at the run's operating threshold, the
+threshold) with its key slice referenced by SOP Instance UID, and identifies the algorithm
+(name, version, models) as the IHE AI Results profile asks; it is PARTIAL and UNVERIFIED (a
+machine wrote it). Finding codes use the private scheme ``99ICHDET`` (no SNOMED mapping is
+claimed). Each Secondary Capture shows the key slice in the brain window with the label's heat
+map (occlusion sensitivity) and the probabilities burned in, and "NOT FOR DIAGNOSTIC USE".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import highdicom as hd
+import numpy as np
+import pandas as pd
+import pydicom
+from pydicom.sr.codedict import codes
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from ichdet.data.windows import PRESETS, apply_window
+from ichdet.dicom.read import read_hu
+from ichdet.labels import LABELS
+from ichdet.reports.heatmaps import model_input, occlusion_map, overlay
+from ichdet.util.atomic import atomic_path
+
+SCHEME = "99ICHDET"
+MANUFACTURER = "ichdet"
+SR_SERIES, SC_SERIES = 9901, 9902
+NOTICE = "NOT FOR DIAGNOSTIC USE"
+
+
+def _code(value: str, meaning: str, scheme: str = SCHEME) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+FINDINGS = {name: _code(f"ICH-{name[:10].upper()}", f"{name} hemorrhage") for name in LABELS}
+FINDING = _code("121071", "Finding", "DCM")
+PROBABILITY = _code("ICH-PROB", "Probability of finding")
+FLAG = _code("ICH-FLAG", "Flagged at operating threshold")
+THRESHOLD = _code("ICH-THR", "Operating threshold")
+KEY_SLICE = _code("ICH-KEY", "Key slice")
+CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
+PROPERTIES = hd.sr.RelationshipTypeValues.HAS_PROPERTIES
+CONTEXT = hd.sr.RelationshipTypeValues.HAS_OBS_CONTEXT
+
+
+def _finding(name: str, p: float, flag: bool, threshold: float, key: pydicom.Dataset) -> Any:
+    item = hd.sr.CodeContentItem(FINDING, FINDINGS[name], relationship_type=CONTAINS)
+    item.ContentSequence = [
+        hd.sr.NumContentItem(PROBABILITY, p, codes.UCUM.NoUnits, relationship_type=PROPERTIES),
+        hd.sr.CodeContentItem(
+            FLAG, codes.SCT.Yes if flag else codes.SCT.No, relationship_type=PROPERTIES
+        ),
+        hd.sr.NumContentItem(
+            THRESHOLD, threshold, codes.UCUM.NoUnits, relationship_type=PROPERTIES
+        ),
+        hd.sr.ImageContentItem(
+            KEY_SLICE, key.SOPClassUID, key.SOPInstanceUID, relationship_type=PROPERTIES
+        ),
+    ]
+    return item
+
+
+def structured_report(
+    summary: dict[str, Any],
+    keys: dict[str, pydicom.Dataset],
+    evidence: list[pydicom.Dataset],
+    algorithm: dict[str, str],
+) -> hd.sr.Comprehensive3DSR:
+    """The SR: ``summary`` has probabilities, flags, thresholds; ``keys`` the key slice of each
+    label; ``evidence`` every instance it references; ``algorithm`` name, version, models."""
+    content: list[Any] = [
+        hd.sr.TextContentItem(
+            _code("111001", "Algorithm Name", "DCM"), algorithm["name"], relationship_type=CONTEXT
+        ),
+        hd.sr.TextContentItem(
+            _code("111003", "Algorithm Version", "DCM"),
+            algorithm["version"],
+            relationship_type=CONTEXT,
+        ),
+        hd.sr.TextContentItem(
+            _code("111002", "Algorithm Parameters", "DCM"),
+            algorithm["models"][:1024],
+            relationship_type=CONTEXT,
+        ),
+    ]
+    content += [
+        _finding(
+            n, summary["probabilities"][n], summary["flags"][n], summary["thresholds"][n], keys[n]
+        )
+        for n in LABELS
+    ]
+    root = hd.sr.ContainerContentItem(_code("18748-4", "Diagnostic imaging report", "LN"))
+    root.ContentSequence = content
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=root,
+        series_instance_uid=generate_uid(),
+        series_number=SR_SERIES,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=False,
+        is_verified=False,
+    )
+    sr.SeriesDescription = "ichdet hemorrhage findings (research use)"
+    _deidentification(sr, evidence[0])
+    return sr
+
+
+def _deidentification(out: pydicom.Dataset, source: pydicom.Dataset) -> None:
+    """A result of a de-identified study says so, and how (type 1C when identity removed)."""
+    if str(source.get("PatientIdentityRemoved", "")).upper() != "YES":
+        return
+    out.PatientIdentityRemoved = "YES"
+    out.DeidentificationMethod = source.get("DeidentificationMethod") or "as the source study"
+    if "DeidentificationMethodCodeSequence" in source:
+        out.DeidentificationMethodCodeSequence = source.DeidentificationMethodCodeSequence
+
+
+def _burn(image: np.ndarray, lines: list[str]) -> np.ndarray:
+    out = image.copy()
+    scale = max(image.shape[0] / 512, 0.4)
+    for k, text in enumerate(lines):
+        y = int((22 + 20 * k) * scale)
+        for colour, width in (((0, 0, 0), 3), ((255, 255, 0), 1)):
+            cv2.putText(out, text, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, colour, width)
+    return out
+
+
+def patient_orientation(ds: pydicom.Dataset) -> tuple[str, str]:
+    """The patient direction of the rows and of the columns (dominant axis of each direction
+    cosine; axial default ("L", "P") when the header has none)."""
+    cosines = [float(v) for v in ds.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+    out = []
+    for vector in (cosines[:3], cosines[3:]):
+        axis = int(np.argmax(np.abs(vector)))
+        out.append(("LR", "PA", "HF")[axis][0 if vector[axis] > 0 else 1])
+    return out[0], out[1]
+
+
+def capture(
+    runner: Any,
+    rows: list[tuple[str, str, str]],
+    n: int,
+    label: str,
+    summary: dict[str, Any],
+    ref: pydicom.Dataset,
+    series_uid: str,
+    number: int,
+) -> hd.sc.SCImage:
+    """Key slice ``n`` of a series for ``label``: brain window, heat map, text burned in."""
+    preset = PRESETS["brain"]
+    gray = apply_window(read_hu(rows[n][1]), preset.center, preset.width)
+    cam = occlusion_map(runner, model_input(runner, rows, n), LABELS.index(label))
+    probs = summary["probabilities"]
+    warning = ["MODEL TRAINED ON SYNTHETIC PHANTOMS ONLY"] if summary.get("warning") else []
+    lines = [NOTICE, *warning, f"ichdet: key slice for {label}"] + [
+        f"{k}: {probs[k]:.3f}{' FLAG' if summary['flags'][k] else ''}" for k in LABELS
+    ]
+    pixels = _burn(overlay(gray, cam), lines)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=ref,
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        patient_orientation=patient_orientation(ref),
+        series_instance_uid=series_uid,
+        series_number=SC_SERIES,
+        sop_instance_uid=generate_uid(),
+        instance_number=number,
+        manufacturer=MANUFACTURER,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    sc.SeriesDescription = "ichdet key slices (NOT FOR DIAGNOSTIC USE)"
+    sc.BurnedInAnnotation = "YES"
+    sc.Laterality = ""  # the head is not a paired part (type 2C: present, empty)
+    _deidentification(sc, ref)
+    return sc
+
+
+def _header(source: str) -> pydicom.Dataset:
+    """A key slice's header, with the SOP Class UID some exports (RSNA's) leave out."""
+    ds = pydicom.dcmread(source, stop_before_pixels=True)
+    if "SOPClassUID" not in ds:
+        meta = getattr(ds, "file_meta", None)
+        ds.SOPClassUID = (meta.get("MediaStorageSOPClassUID") if meta else None) or CTImageStorage
+    for keyword in TYPE2:  # empty where the export left them out (the results copy them)
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
+#: Patient and study attributes (type 2: present, may be empty) the results carry over.
+TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def dicom_results(
+    runner: Any,
+    study: pd.Series,
+    slices: pd.DataFrame,
+    sources: dict[str, str],
+    thresholds: dict[str, float],
+    version: str,
+) -> list[pydicom.Dataset]:
+    """[SR, Secondary Captures...] for one study of a prediction (``slices`` in z order)."""
+    summary = {
+        "probabilities": {k: float(study[k]) for k in LABELS},
+        "flags": {k: bool(study[f"{k}_flag"]) for k in LABELS},
+        "thresholds": {k: float(thresholds.get(k, 0.5)) for k in LABELS},
+        "warning": str(study.get("warning") or ""),
+    }
+    key_ids = {k: str(study[f"{k}_slice"]) for k in LABELS}
+    headers = {i: _header(sources[i]) for i in dict.fromkeys(key_ids.values())}
+    algorithm = {"name": "ichdet", "version": version, "models": ", ".join(runner.names)}
+    keys = {k: headers[i] for k, i in key_ids.items()}
+    out: list[pydicom.Dataset] = [
+        structured_report(summary, keys, list(headers.values()), algorithm)
+    ]
+    series_uid = generate_uid()
+    for number, image_id in enumerate(headers, start=1):
+        label = next(k for k in reversed(LABELS) if key_ids[k] == image_id)
+        series = slices[
+            slices["series_id"] == slices.set_index("image_id").at[image_id, "series_id"]
+        ]
+        rows = [(i, sources[i], "dicom") for i in series["image_id"]]
+        n = list(series["image_id"]).index(image_id)
+        out.append(capture(runner, rows, n, label, summary, headers[image_id], series_uid, number))
+    return out
+
+
+def write_datasets(datasets: list[pydicom.Dataset], folder: Path) -> list[Path]:
+    """Each dataset as ``<modality>_<k>.dcm`` under ``folder``, atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, ds in enumerate(datasets):
+        path = folder / f"{str(ds.Modality).lower()}_{k}.dcm"
+        with atomic_path(path) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
+        paths.append(path)
+    return paths
