@@ -20,6 +20,7 @@ import highdicom as hd
 import numpy as np
 import pandas as pd
 import pydicom
+from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -52,18 +53,20 @@ CONTEXT = hd.sr.RelationshipTypeValues.HAS_OBS_CONTEXT
 
 def _finding(name: str, p: float, flag: bool, threshold: float, key: pydicom.Dataset) -> Any:
     item = hd.sr.CodeContentItem(FINDING, FINDINGS[name], relationship_type=CONTAINS)
-    item.ContentSequence = [
-        hd.sr.NumContentItem(PROBABILITY, p, codes.UCUM.NoUnits, relationship_type=PROPERTIES),
-        hd.sr.CodeContentItem(
-            FLAG, codes.SCT.Yes if flag else codes.SCT.No, relationship_type=PROPERTIES
-        ),
-        hd.sr.NumContentItem(
-            THRESHOLD, threshold, codes.UCUM.NoUnits, relationship_type=PROPERTIES
-        ),
-        hd.sr.ImageContentItem(
-            KEY_SLICE, key.SOPClassUID, key.SOPInstanceUID, relationship_type=PROPERTIES
-        ),
-    ]
+    item.ContentSequence = Sequence(
+        [
+            hd.sr.NumContentItem(PROBABILITY, p, codes.UCUM.NoUnits, relationship_type=PROPERTIES),
+            hd.sr.CodeContentItem(
+                FLAG, codes.SCT.Yes if flag else codes.SCT.No, relationship_type=PROPERTIES
+            ),
+            hd.sr.NumContentItem(
+                THRESHOLD, threshold, codes.UCUM.NoUnits, relationship_type=PROPERTIES
+            ),
+            hd.sr.ImageContentItem(
+                KEY_SLICE, key.SOPClassUID, key.SOPInstanceUID, relationship_type=PROPERTIES
+            ),
+        ]
+    )
     return item
 
 
@@ -97,7 +100,7 @@ def structured_report(
         for n in LABELS
     ]
     root = hd.sr.ContainerContentItem(_code("18748-4", "Diagnostic imaging report", "LN"))
-    root.ContentSequence = content
+    root.ContentSequence = Sequence(content)
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=root,
