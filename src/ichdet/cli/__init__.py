@@ -39,6 +39,7 @@ for command in (
     predict_cmds.predict,
     predict_cmds.export,
     serve_cmd.serve,
+    serve_cmd.listen,
 ):
     app.command()(command)
 

@@ -24,6 +24,9 @@ def predict(
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     tta: bool = typer.Option(False, "--tta", help="average with horizontal flips"),
     report: bool = typer.Option(False, "--report", help="HTML report per study (heat maps)"),
+    dicom_out: Path | None = typer.Option(
+        None, help="also write a DICOM SR and Secondary Capture key slices per study here"
+    ),
     batch_size: int = typer.Option(32),
     workers: int = typer.Option(1, help="decoding processes (overlap with the model)"),
     device: str = typer.Option("auto", help="auto | cuda | cpu (torch models)"),
@@ -52,6 +55,8 @@ def predict(
     _summarise(result)
     if report:
         _write_reports(runner, result, out)
+    if dicom_out is not None:
+        _write_dicom(runner, result, dicom_out)
 
 
 def _summarise(result: PredictResult) -> None:
@@ -100,6 +105,18 @@ def _write_reports(runner: Runner, result: PredictResult, out: Path) -> None:
     if failed:
         errors = write_csv(out / "report" / "errors.csv", ["study_id", "reason"], failed)
         err.print(f"{len(failed)} report(s) failed; reasons in {errors}", style="yellow")
+
+
+def _write_dicom(runner: Runner, result: PredictResult, out: Path) -> None:
+    from ichdet import __version__
+    from ichdet.reports.dicom_results import write_study_results
+    from ichdet.util.tables import write_csv
+
+    paths, failed = write_study_results(runner, result, out, __version__)
+    console.print(f"{len(paths)} DICOM result object(s) in {out}")
+    if failed:
+        errors = write_csv(out / "errors.csv", ["study_id", "reason"], failed)
+        err.print(f"{len(failed)} study result(s) failed; reasons in {errors}", style="yellow")
 
 
 def export(

@@ -259,3 +259,30 @@ def write_datasets(datasets: list[pydicom.Dataset], folder: Path) -> list[Path]:
             ds.save_as(tmp, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def write_study_results(
+    runner: Any, result: Any, out: Path, version: str
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """``predict --dicom-out``: every study's SR and Secondary Captures under
+    ``out/<study>/`` (a UID that is not a plain id is hashed); returns (files, failures)."""
+    from ichdet.util.names import path_component
+
+    sources = dict(zip(result.index["image_id"], result.index["source"], strict=True))
+    by_study = dict(tuple(result.slices.groupby("study_id", sort=False)))
+    paths: list[Path] = []
+    failed: list[tuple[str, str]] = []
+    for _, study in result.studies.iterrows():
+        try:
+            datasets = dicom_results(
+                runner,
+                study,
+                by_study[study["study_id"]],
+                sources,
+                runner.study_thresholds,
+                version,
+            )
+            paths += write_datasets(datasets, out / path_component(str(study["study_id"])))
+        except Exception as exc:  # noqa: BLE001 - one study must never stop the others
+            failed.append((str(study["study_id"]), f"{type(exc).__name__}: {exc}"))
+    return paths, failed

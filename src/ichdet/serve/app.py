@@ -10,8 +10,6 @@ cross-origin headers are sent).
 
 from __future__ import annotations
 
-import re
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -23,33 +21,20 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ichdet.inference.runners import Runner
 from ichdet.serve.api import public, router
 from ichdet.serve.context import Context, Settings
-from ichdet.serve.metrics import Metrics
-from ichdet.serve.store import Store
-from ichdet.serve.worker import Processor
 
-_ID = re.compile(r"[0-9a-f]{32}")
 STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
 
 __all__ = ["Settings", "create_app"]
 
 
 def create_app(runner: Runner, settings: Settings) -> FastAPI:
-    settings.store.mkdir(parents=True, exist_ok=True)
-    store = Store(f"sqlite:///{settings.store / 'ichdet.db'}")
-    metrics = Metrics(store)
-    studies = settings.store / "studies"
-    studies.mkdir(exist_ok=True)
-    processor = Processor(
-        runner, store, studies, settings.workers, metrics.done, settings.retention_days
-    )
-    ctx = Context(settings, runner, store, processor, metrics)
+    ctx = Context(runner, settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        sweep(ctx)
-        processor.start()
+        ctx.start()
         yield
-        processor.stop()
+        ctx.stop()
 
     app = FastAPI(title="ichdet", version="1", lifespan=lifespan)
     app.state.ctx = ctx
@@ -62,7 +47,7 @@ def create_app(runner: Runner, settings: Settings) -> FastAPI:
             if length is None:
                 return JSONResponse({"detail": "Content-Length is required"}, 411)
             if not length.isdigit() or int(length) > settings.max_upload_bytes:
-                metrics.refused.labels("413").inc()
+                ctx.metrics.refused.labels("413").inc()
                 limit = settings.max_upload_bytes
                 return JSONResponse({"detail": f"upload over the {limit}-byte limit"}, 413)
         return await call_next(request)
@@ -83,12 +68,3 @@ def static(name: str) -> Response:
         raise HTTPException(404, "no such file")
     text = resources.files("ichdet.serve").joinpath(f"static/{name}").read_text()
     return Response(text, media_type=STATIC[name])
-
-
-def sweep(ctx: Context) -> None:
-    """At start: remove half-received uploads, and study folders without a job row."""
-    for tmp in ctx.settings.store.glob("incoming-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-    for folder in ctx.studies.iterdir():
-        if _ID.fullmatch(folder.name) and ctx.store.get(folder.name) is None:
-            shutil.rmtree(folder, ignore_errors=True)

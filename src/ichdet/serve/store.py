@@ -47,6 +47,7 @@ class Study(Base):
     finished: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     files: Mapped[int] = mapped_column(Integer, default=0)
+    origin: Mapped[str] = mapped_column(String(8), default="upload")  # upload | dicom
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     p_any: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -64,6 +65,7 @@ class Job:
     finished: float | None
     attempts: int
     files: int
+    origin: str
     reason: str | None
     flagged: bool
     p_any: float | None
@@ -79,6 +81,7 @@ class Job:
             row.finished,
             row.attempts,
             row.files,
+            row.origin,
             row.reason,
             row.flagged,
             row.p_any,
@@ -103,9 +106,18 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
 
-    def add(self, study_id: str, files: int) -> None:
+    def add(self, study_id: str, files: int, origin: str = "upload") -> None:
         with Session(self.engine) as s, s.begin():
-            s.add(Study(id=study_id, status="queued", received=time.time(), files=files))
+            s.add(
+                Study(
+                    id=study_id,
+                    status="queued",
+                    received=time.time(),
+                    files=files,
+                    origin=origin,
+                    attempts=0,
+                )
+            )
 
     def claim_next(self) -> str | None:
         """The oldest queued study, now marked running; None when the queue is empty."""

@@ -71,6 +71,8 @@ class Processor:
         self.workers, self.on_done = workers, on_done
         self.retention = retention_days * 86400
         self.last_cleanup = 0.0
+        #: called with (study id, prediction) after a study is done (DICOM results)
+        self.after: list[Callable[[str, PredictResult], None]] = []
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -133,6 +135,11 @@ class Processor:
         )
         log.info("study %s done (%d slices)", study_id, len(summary["slices"]))
         self._done(study_id, started, ok=True)
+        for hook in self.after:
+            try:
+                hook(study_id, result)
+            except Exception as exc:  # noqa: BLE001 - the result stands without its extras
+                log.warning("study %s: %s failed (%s)", study_id, type(hook).__name__, exc)
         self._report(study_id, result)
 
     def _done(self, study_id: str, started: float, ok: bool) -> None:
