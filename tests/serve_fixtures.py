@@ -55,3 +55,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def ct_study(folder: Path, slices: int = 12, size: int = 48, seed: int = 0) -> list[Path]:
+    """A head-like CT series with valid DICOM UIDs (what a PACS sends), files in z order."""
+    import numpy as np
+    from pydicom.uid import generate_uid
+
+    from ichdet.dicom.write import ct_dataset, save_dataset
+
+    rng = np.random.default_rng(seed)
+    study, series = generate_uid(), generate_uid()
+    yy, xx = np.mgrid[:size, :size]
+    head = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 2.5) ** 2
+    paths = []
+    for k in range(slices):
+        hu = np.where(head, 35, -1000) + rng.normal(0, 5, (size, size))
+        ds = ct_dataset(
+            (hu + 1024).astype(np.int16),
+            position=(0.0, 0.0, 5.0 * k),
+            study_instance_uid=study,
+            series_instance_uid=series,
+            instance_number=k + 1,
+            patient_id="PAT-1",
+        )
+        ds.PatientName = "Test^Patient"
+        paths.append(save_dataset(ds, folder / f"{k:03d}.dcm"))
+    return paths

@@ -185,6 +185,11 @@ def capture(
     sc.SeriesDescription = "ichdet key slices (NOT FOR DIAGNOSTIC USE)"
     sc.BurnedInAnnotation = "YES"
     sc.Laterality = ""  # the head is not a paired part (type 2C: present, empty)
+    source = pydicom.Dataset()
+    source.ReferencedSOPClassUID = ref.SOPClassUID
+    source.ReferencedSOPInstanceUID = ref.SOPInstanceUID
+    sc.SourceImageSequence = Sequence([source])
+    sc.DerivationDescription = "key slice, heat map and probabilities burned in (ichdet)"
     _deidentification(sc, ref)
     return sc
 
