@@ -264,3 +264,89 @@ def test_threads_do_not_leak(runner, tmp_path):
     ctx.stop()
     time.sleep(0.5)
     assert threading.active_count() <= before + 1
+
+
+ORTHANC = shutil.which("Orthanc")
+
+
+class Orthanc:
+    """Debian's Orthanc on loopback ports with a generated configuration; ichdet is a known
+    modality. Stopped by the test."""
+
+    def __init__(self, folder, ichdet_port):
+        import json
+
+        import httpx
+
+        self.http, self.dicom = free_port(), free_port()
+        config = {
+            "Name": "ichdet-test",
+            "StorageDirectory": str(folder / "db"),
+            "IndexDirectory": str(folder / "db"),
+            "HttpPort": self.http,
+            "DicomPort": self.dicom,
+            "DicomAet": "ORTHANC",
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomModalities": {"ichdet": ["ICHDET", "127.0.0.1", ichdet_port]},
+            "DicomAlwaysAllowStore": True,
+            "DicomCheckCalledAet": False,
+            "Plugins": [],
+            "SaveJobs": False,
+        }
+        (folder / "orthanc.json").write_text(json.dumps(config))
+        self.proc = subprocess.Popen(
+            [ORTHANC, str(folder / "orthanc.json")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{self.http}"
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+        for _ in range(200):
+            try:
+                self.client.get("/system")
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("Orthanc did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed: apt-get install orthanc")
+def test_orthanc_sends_a_study_and_gets_sr_and_captures_in_the_same_study(runner, tmp_path):
+    """The real PACS: a study uploaded into Orthanc, sent by Orthanc to `ichdet listen`, and the
+    SR and Secondary Capture series found in the same study in Orthanc."""
+    paths = ct_study(tmp_path / "study", slices=6)
+    listener_port = free_port()
+    orthanc = Orthanc(tmp_path, listener_port)
+    modalities: list = []
+    try:
+        uploaded = [orthanc.client.post("/instances", content=p.read_bytes()).json() for p in paths]
+        study = uploaded[0]["ParentStudy"]
+        settings = Settings(
+            store=tmp_path / "store",
+            dicom_port=listener_port,
+            quiet_seconds=0.5,
+            send_to=f"ORTHANC@127.0.0.1:{orthanc.dicom}",
+        )
+        ctx = Context(runner, settings)
+        ctx.start()
+        try:
+            answer = orthanc.client.post("/modalities/ichdet/store", content=study)
+            assert answer.status_code == 200, answer.text
+            deadline = time.time() + 90
+            while time.time() < deadline:
+                series = orthanc.client.get(f"/studies/{study}/series").json()
+                modalities = sorted(s["MainDicomTags"].get("Modality") for s in series)
+                if "SR" in modalities and "OT" in modalities:
+                    break
+                time.sleep(0.2)
+        finally:
+            ctx.stop()
+    finally:
+        orthanc.stop()
+    assert modalities == ["CT", "OT", "SR"]
