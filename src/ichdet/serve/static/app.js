@@ -180,6 +180,12 @@ function plot() {
   ctx.setLineDash([]);
   ctx.fillStyle = "#444";
   ctx.fillText("probability along z (slice " + (state.n + 1) + ")", pad, h - 4);
+  ctx.fillText("1", 6, pad / 2 + 8);
+  ctx.fillText("0", 6, h - pad);
+  LABELS.forEach((k, j) => {  // legend
+    ctx.fillStyle = COLORS[j];
+    ctx.fillText(k, w - pad - 95, pad + 12 * (j + 1));
+  });
 }
 
 $("slice").addEventListener("wheel", (e) => { e.preventDefault(); if (!state.study) return; state.n += e.deltaY > 0 ? 1 : -1; show(); });
