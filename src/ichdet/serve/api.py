@@ -128,13 +128,14 @@ def delete(study_id: str, ctx: Context = Depends(context)) -> Response:
 
 @router.get("/api/v1/studies/{study_id}/report")
 def report(study_id: str, ctx: Context = Depends(context)) -> Any:
-    """The self-contained HTML report (503 while it is being written)."""
+    """The self-contained HTML report (written on first request)."""
     job = job_or_404(ctx, study_id)
     if job.status != "done":
         raise HTTPException(409, f"the study is {job.status}")
-    path = ctx.studies / job.id / "report.html"
-    if not path.is_file():
-        return JSONResponse({"detail": "the report is being written"}, 503, {"Retry-After": "2"})
+    try:
+        path = ctx.processor.report(job.id)
+    except (ValueError, OSError) as exc:
+        raise HTTPException(500, f"the report could not be written ({exc})") from None
     return FileResponse(path, media_type="text/html")
 
 
