@@ -23,6 +23,7 @@ from ichdet.inference.series import (
     SliceOutputs,
     TorchSeries,
     sequence_checkpoints,
+    stage_thresholds,
 )
 from ichdet.labels import LABELS
 
@@ -71,28 +72,6 @@ def default_thresholds() -> dict[str, float]:
     return dict.fromkeys(LABELS, 0.5)
 
 
-def _read_thresholds(folder: Path) -> dict[str, float] | None:
-    path = folder / "thresholds.json"
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    return {k: float(v["threshold"]) for k, v in data["labels"].items()}
-
-
-def run_thresholds(checkpoints: list[Path]) -> dict[str, float] | None:
-    """The operating thresholds that belong to these checkpoints.
-
-    An ensemble of the folds of one CV run uses the run's out-of-fold thresholds (RUN/), not
-    one fold's; a single checkpoint uses its own run's, else the run above its fold.
-    """
-    if len(checkpoints) > 1:
-        runs = {p.parent.parent for p in checkpoints}
-        if len(runs) == 1 and (found := _read_thresholds(runs.pop())) is not None:
-            return found
-    first = checkpoints[0]
-    return _read_thresholds(first.parent) or _read_thresholds(first.parent.parent)
-
-
 def short_name(checkpoint: Path) -> str:
     """``fold_0/best.pt``: enough to tell the models apart, no local absolute path."""
     return f"{checkpoint.parent.name}/{checkpoint.name}"
@@ -132,7 +111,7 @@ class TorchRunner:
             raise ValueError("the models of an ensemble must share size, windows and context")
         self.spec = specs[0]
         paths = [Path(p) for p in checkpoints]
-        self.thresholds = run_thresholds(paths) or default_thresholds()
+        self.thresholds = stage_thresholds(paths)
         self.names = [short_name(p) for p in paths]
         self.synthetic_only = all(synthetic)
         found = sequence_checkpoints(paths)

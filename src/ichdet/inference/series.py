@@ -77,12 +77,16 @@ def read_thresholds(folder: Path, key: str = "labels") -> dict[str, float] | Non
     return {k: float(v["threshold"]) for k, v in data.items()} if data else None
 
 
-def stage_thresholds(checkpoints: list[Path], key: str) -> dict[str, float]:
-    """Thresholds of these checkpoints: a CV run's out-of-fold ones for its fold ensemble, else
-    the checkpoint's own run's (or the run above it); 0.5 where none were written."""
+def stage_thresholds(checkpoints: list[Path], key: str = "labels") -> dict[str, float]:
+    """The operating thresholds (``key`` of thresholds.json) that belong to these checkpoints.
+
+    An ensemble of the folds of one CV run uses the run's out-of-fold thresholds (RUN/), not
+    one fold's; else a checkpoint's own run's, else the run above its fold; 0.5 where none
+    were written.
+    """
     folders = [checkpoints[0].parent, checkpoints[0].parent.parent]
     if len(checkpoints) > 1 and len({p.parent.parent for p in checkpoints}) == 1:
-        folders = [checkpoints[0].parent.parent]
+        folders.insert(0, checkpoints[0].parent.parent)
     for folder in folders:
         found = read_thresholds(folder, key)
         if found is not None:

@@ -70,7 +70,6 @@ class Listener:
         self.quiet, self.host, self.port = quiet, host, port
         self.arrivals: dict[str, float] = {}
         self.lock = threading.Lock()
-        self.received = 0
         self.ae = AE(ae_title=ae_title)
         self.ae.add_supported_context(Verification)
         self.ae.add_supported_context(CTImageStorage, TRANSFER_SYNTAXES)
@@ -121,7 +120,6 @@ class Listener:
                 log.warning("C-STORE: could not write an instance")
                 return OUT_OF_RESOURCES
             self.arrivals[folder.name] = time.monotonic()
-            self.received += 1
         return SUCCESS
 
     def _loop(self) -> None:

@@ -81,21 +81,23 @@ def load_embeddings(
     d, device = setup_distributed(cfg.device)
     path = checkpoint.parent / (EMBEDDINGS if not cfg.embed_tta else "embeddings_tta.npz")
     wanted = set(frame["image_id"].astype(str))
-    if d.main and _reusable(path, checkpoint, wanted) is None:
+    found = _reusable(path, checkpoint, wanted) if d.main else None
+    if d.main and found is None:
         ckpt = load_checkpoint(checkpoint)
         size, windows = ckpt["cache_settings"]["size"], ckpt["cache_settings"]["windows"]
         names = ",".join(w["name"] for w in windows)
         cache = resolve_cache(str(cfg.cache), int(size), names)
-        emb = embed_frame(checkpoint, frame, cache, cfg.embed_tta, device=str(device), log=log)
-        emb.save(path)
+        found = embed_frame(checkpoint, frame, cache, cfg.embed_tta, device=str(device), log=log)
+        found.save(path)
         log(
-            f"embeddings: {len(emb.ids)} images at {emb.meta['images_per_s']:.0f} img/s, "
-            f"{emb.bytes_per_image():.0f} bytes each -> {path}"
+            f"embeddings: {len(found.ids)} images at {found.meta['images_per_s']:.0f} img/s, "
+            f"{found.bytes_per_image():.0f} bytes each -> {path}"
         )
     d.barrier()
-    found = _reusable(path, checkpoint, wanted)
-    if found is None:
-        raise ValueError(f"{path}: the embeddings do not cover this fold's images")
+    if found is None:  # another rank: read what rank 0 wrote
+        found = _reusable(path, checkpoint, wanted)
+        if found is None:
+            raise ValueError(f"{path}: the embeddings do not cover this fold's images")
     log(f"embeddings: {len(found.ids)} images from {path}")
     return found
 
