@@ -58,22 +58,29 @@ def free_port() -> int:
 
 
 def ct_study(folder: Path, slices: int = 12, size: int = 48, seed: int = 0) -> list[Path]:
-    """A head-like CT series with valid DICOM UIDs (what a PACS sends), files in z order."""
+    """A head CT series (an ``ichdet synth`` phantom from the skull base to the vertex) with
+    valid DICOM UIDs, as a PACS sends it; files in z order."""
+    import dataclasses
+
     import numpy as np
     from pydicom.uid import generate_uid
 
     from ichdet.dicom.write import ct_dataset, save_dataset
+    from ichdet.synth.phantom import Grid, plan_study, render_slice
 
     rng = np.random.default_rng(seed)
     study, series = generate_uid(), generate_uid()
-    yy, xx = np.mgrid[:size, :size]
-    head = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 2.5) ** 2
+    plan = plan_study(rng, size, positive=False)
+    plan = dataclasses.replace(plan, n_slices=slices, thickness=1.5 * plan.c / slices)
+    grid = Grid.for_plan(plan)
     paths = []
     for k in range(slices):
-        hu = np.where(head, 35, -1000) + rng.normal(0, 5, (size, size))
+        hu = render_slice(plan, k, grid)[0]
         ds = ct_dataset(
-            (hu + 1024).astype(np.int16),
-            position=(0.0, 0.0, 5.0 * k),
+            (np.rint(hu) + 1024).astype(np.int16),
+            position=(0.0, 0.0, plan.slice_z(k)),
+            pixel_spacing=(plan.spacing, plan.spacing),
+            slice_thickness=plan.thickness,
             study_instance_uid=study,
             series_instance_uid=series,
             instance_number=k + 1,

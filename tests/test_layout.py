@@ -21,6 +21,7 @@ RANKS = {
     "dicom": 1,
     "data": 2,
     "synth": 2,
+    "selection": 2,
     "models": 3,
     "evaluation": 3,
     "training": 4,

@@ -237,7 +237,7 @@ def test_predict_writes_dicom_results_for_files(model, tmp_path):
 
     from ichdet.cli import app
 
-    paths = ct_study(tmp_path / "study", slices=4)
+    paths = ct_study(tmp_path / "study", slices=10)
     onnx = model
     result = CliRunner().invoke(
         app,

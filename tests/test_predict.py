@@ -18,6 +18,7 @@ from ichdet.dicom.write import ct_dataset, save_dataset
 from ichdet.inference.predict import predict
 from ichdet.inference.runners import TorchRunner, load_runner
 from ichdet.labels import LABELS
+from ichdet.selection.choose import SelectionOptions
 from ichdet.synth.studies import synthesize
 from ichdet.training.config import TrainConfig
 from ichdet.training.slice_task import fit
@@ -95,7 +96,8 @@ def test_tilted_series_in_slice_order_whatever_the_file_names(trained, tmp_path)
             instance_number=int(10 - i),
         )
         save_dataset(ds, folder / f"IMG{k:04d}")  # no suffix, names unrelated to order
-    result = predict(load_runner([runs[0]]), tmp_path / "tilted", tmp_path / "out")
+    off = SelectionOptions(series="off")  # a flat 40 x 40 test image is no head to choose
+    result = predict(load_runner([runs[0]]), tmp_path / "tilted", tmp_path / "out", selection=off)
     assert result.slices["image_id"].tolist() == [f"1.2.3.{i}" for i in range(10)]
     assert result.submission is None
 
@@ -214,7 +216,7 @@ def test_outputs_are_formula_safe_and_never_mixed_with_stale_ones(trained, tmp_p
     result = predict(load_runner([runs[0]]), folder, out)
     assert not (out / "submission.csv").exists()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"slices", "studies", "errors"}
+    assert set(manifest["files"]) == {"slices", "studies", "series", "errors"}
     assert manifest["models"] == ["r0/best.pt"]  # no local absolute path
     cells = pd.read_csv(out / "studies.csv", dtype=str)["study_id"]
     assert cells.iloc[0] == "'" + '=HYPERLINK("http://evil")'  # text to a spreadsheet

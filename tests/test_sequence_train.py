@@ -149,10 +149,10 @@ def test_a_stale_series_stage_is_refused(seq_run, tmp_path):
 
 
 def test_a_model_trained_on_phantoms_warns_on_real_images(seq_run, write_ct, tmp_path):
+    from serve_fixtures import ct_study  # a head phantom without the synth Manufacturer
+
     root, _ = seq_run
-    hu = np.full((48, 48), 30, np.int16)
-    for k in range(3):
-        write_ct(f"real/{k}.dcm", hu + 1024, position=(0, 0, 5.0 * k), study_instance_uid="1.2.3")
+    ct_study(tmp_path / "real")
     result = predict(load_runner([root / "cnn"]), tmp_path / "real", tmp_path / "out")
     assert result.studies["warning"].tolist() == [SYNTHETIC_WARNING]
     assert pd.read_csv(tmp_path / "out" / "studies.csv")["warning"][0] == SYNTHETIC_WARNING

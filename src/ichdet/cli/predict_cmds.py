@@ -30,6 +30,17 @@ def predict(
     batch_size: int = typer.Option(32),
     workers: int = typer.Option(1, help="decoding processes (overlap with the model)"),
     device: str = typer.Option("auto", help="auto | cuda | cpu (torch models)"),
+    series: str = typer.Option(
+        "best",
+        help="best: one series per study, chosen (README: how a series is chosen) | "
+        "all: every series that may be read | off: every image series, unchosen",
+    ),
+    slab: str = typer.Option(
+        "auto", help="thin series as slabs: off | auto (the model's training spacing) | MM"
+    ),
+    image_check: bool = typer.Option(
+        True, help="look at 3 slices of a series before reading it (head? soft kernel?)"
+    ),
 ) -> None:
     """Per-slice and per-study probabilities (+ Kaggle submission, + HTML reports)."""
     if len(inputs) < 2:
@@ -37,9 +48,12 @@ def predict(
     *models, data = inputs
     from ichdet.inference.predict import predict as run_predict
     from ichdet.inference.runners import load_runner
+    from ichdet.selection.choose import SelectionOptions
+    from ichdet.selection.slabs import parse_slab
     from ichdet.util.progress import progress_bar
 
     try:
+        selection = SelectionOptions(series=series, slab=parse_slab(slab), image_check=image_check)
         runner = load_runner(models, device=device, tta=tta, batch_size=batch_size)
         with progress_bar(None, "predict") as advance:
             result = run_predict(
@@ -49,6 +63,7 @@ def predict(
                 workers=workers,
                 progress=advance,
                 total=advance.set_total,
+                selection=selection,
             )
     except (FileNotFoundError, ValueError, ImportError) as exc:
         fail(str(exc))
@@ -60,15 +75,25 @@ def predict(
 
 
 def _summarise(result: PredictResult) -> None:
-    if result.slices.empty:
+    from ichdet.inference.study_outputs import flagged, is_assessed
+
+    assessed = is_assessed(result.studies)
+    if result.slices.empty and assessed.all():
         fail(f"nothing could be predicted; reasons in {result.files['errors']}")
-    flagged = int(result.studies["any_flag"].sum())
     n_studies = len(result.studies)
     console.print(
         f"{len(result.slices)} slices of {n_studies} {'study' if n_studies == 1 else 'studies'} -> "
-        f"{result.files['slices']}, {result.files['studies']} "
-        f"({flagged} flagged for any hemorrhage)"
+        f"{result.files['slices']}, {result.files['studies']}, {result.files['series']} "
+        f"({int(flagged(result.studies).sum())} flagged for any hemorrhage)"
     )
+    if (~assessed).any():  # counts and reasons only: no UIDs on the console
+        reasons = result.studies.loc[~assessed, "reason"].value_counts()
+        err.print(
+            f"{int((~assessed).sum())} study(ies) NOT ASSESSABLE (no probability given): "
+            + "; ".join(f"{n} x {r}" for r, n in reasons.items())
+            + " (columns status, reason of studies.csv; series.csv says why per series)",
+            style="bold yellow",
+        )
     if result.submission is not None:
         console.print(
             f"Kaggle submission: {result.files['submission']} ({len(result.submission)} rows)"

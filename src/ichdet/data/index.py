@@ -20,7 +20,7 @@ import pandas as pd
 
 from ichdet.data.folds import assign_folds
 from ichdet.data.study_labels import join_study_labels, read_study_labels
-from ichdet.dicom.read import DicomError, read_hu, read_meta
+from ichdet.dicom.read import DicomError, read_hu, read_identity, read_meta
 from ichdet.dicom.sources import (
     IMAGE_SUFFIXES,
     ZIP_SEP,
@@ -38,6 +38,19 @@ from ichdet.util.parallel import WORKER_DIED, map_chunks
 from ichdet.util.tables import write_frame
 
 ID_COLUMNS = ["image_id", "study_id", "series_id", "patient_id"]
+#: Header facts per image that series selection reads (``SeriesFacts``; "" when absent).
+SERIES_COLUMNS = [
+    "sop_class_uid",
+    "image_type",
+    "kernel",
+    "contrast",
+    "body_part",
+    "description",
+    "series_number",
+    "orientation",
+    "thickness",
+    "pixel_spacing",
+]
 #: Files that sit beside images in datasets; listed as not images unless they hold DICOM.
 NOT_IMAGES = (".csv", ".json", ".txt", ".md", ".parquet", ".xlsx", ".pdf", ".html", ".npz")
 #: The reason given to such companion files; they are listed in the report, not as errors.
@@ -128,9 +141,10 @@ def _scan_one(source: str) -> dict | tuple[str, str]:
             meta = read_meta(stream)
     except (DicomError, ValueError) as exc:
         reason = exc.reason if isinstance(exc, DicomError) else str(exc)
-        return (source, reason)
+        return other_object(source, reason) or (source, reason)
     except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
         return (source, f"unreadable ({type(exc).__name__}: {exc})")
+    facts = meta.series
     return {
         "image_id": meta.sop_instance_uid or source_stem(source),
         "study_id": meta.study_instance_uid,
@@ -143,7 +157,31 @@ def _scan_one(source: str) -> dict | tuple[str, str]:
         "source": source,
         "kind": "dicom",
         "synthetic": meta.synthetic,
+        "sop_class_uid": facts.sop_class_uid,
+        "image_type": facts.image_type,
+        "kernel": facts.kernel,
+        "contrast": facts.contrast,
+        "body_part": facts.body_part,
+        "description": facts.description,
+        "series_number": facts.series_number,
+        "orientation": "\\".join(f"{v:.4f}" for v in meta.orientation or ()),
+        "thickness": meta.slice_thickness,
+        "pixel_spacing": meta.pixel_spacing[0] if meta.pixel_spacing else None,
     }
+
+
+def other_object(source: str, reason: str) -> dict | None:
+    """A DICOM object of a study that is not a CT slice ichdet reads (a dose report, a
+    Secondary Capture, a multi-frame image): its study, series and what it is, so that series
+    selection can list it; None when its header cannot be read either."""
+    try:
+        with open_source(source) as stream:
+            identity = read_identity(stream)
+    except Exception:  # noqa: BLE001 - a damaged file stays a plain error
+        return None
+    if not identity.get("study_id") or not identity.get("series_id"):
+        return None
+    return {**identity, "source": source, "kind": "other", "reason": reason}
 
 
 def _scan_chunk(sources: list[str]) -> list[dict | tuple[str, str]]:
@@ -159,6 +197,7 @@ def scan(
     )
     records = [r for r in results if isinstance(r, dict)]
     errors = [r for r in results if isinstance(r, tuple)]
+    errors += [(r["source"], r["reason"]) for r in records if r["kind"] == "other"]
     return records, errors
 
 
@@ -225,6 +264,11 @@ def _fill_ids(df: pd.DataFrame, label_table: pd.DataFrame | None) -> pd.DataFram
         present = df[column].notna() & (df[column].astype(str) != "")
         df[column] = df[column].astype(object).where(present, df["image_id"]).astype(str)
     df["z"] = pd.to_numeric(df["z"])
+    for column in SERIES_COLUMNS:
+        if column in ("series_number", "thickness", "pixel_spacing"):
+            df[column] = pd.to_numeric(df[column])
+        else:
+            df[column] = df[column].astype(object).fillna("").astype(str)
     df["synthetic"] = df["synthetic"].astype("boolean").fillna(False).astype(bool)
     return df
 
@@ -263,12 +307,16 @@ def build_index(
     sources = list(list_sources(data, skipped))
     total and total(len(sources))
     records, errors = scan(sources, workers, progress)
+    others = [r for r in records if r["kind"] == "other"]
+    records = [r for r in records if r["kind"] != "other"]
     not_images = [s for s, reason in errors if reason == NOT_AN_IMAGE]
     errors = skipped + [e for e in errors if e[1] != NOT_AN_IMAGE]
     report: dict = {
         "files": len(sources) + len(skipped),
         "errors": len(errors),
         "not_images": not_images,  # labels CSVs and other companions: listed, not indexed
+        # DICOM objects that are no CT slice (dose reports, captures): listed per series
+        "other_objects": [{k: v for k, v in r.items() if k != "kind"} for r in others],
     }
     label_table = find_labels(data, labels, report)
     df = pd.DataFrame(
@@ -282,6 +330,7 @@ def build_index(
             "source",
             "kind",
             "synthetic",
+            *SERIES_COLUMNS,
         ],
     )
     df = _fill_ids(_drop_duplicates(df, errors), label_table)

@@ -7,6 +7,7 @@ image, as a coarser scan would give), apply the windows, write. Parallel process
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from functools import partial
@@ -63,6 +64,23 @@ def image_stack(source: str, settings: CacheSettings) -> np.ndarray:
 def dicom_stack(source: str, settings: CacheSettings) -> np.ndarray:
     """A DICOM slice -> uint8 C x H x W window stack at ``settings.size``."""
     hu = resize_image(read_hu(read_source(source)), settings.size)
+    return to_uint8(window_stack(hu, settings.windows, kind=settings.window_kind))
+
+
+def slab_stack(sources: str, settings: CacheSettings) -> np.ndarray:
+    """A slab (``sources``: JSON list of thin slices, in z order) -> the window stack of the
+    mean of their HU images (ichdet.selection.slabs)."""
+    paths = json.loads(sources)
+    if not isinstance(paths, list) or not paths:
+        raise ValueError("a slab needs a list of slices")
+    total: np.ndarray | None = None
+    for path in paths:
+        hu = read_hu(read_source(str(path)))
+        if total is not None and hu.shape != total.shape:
+            raise ValueError(f"{path}: {hu.shape} pixels; the slab's other slices have {total.shape}")
+        total = hu.astype(np.float64) if total is None else total + hu
+    assert total is not None
+    hu = resize_image((total / len(paths)).astype(np.float32), settings.size)
     return to_uint8(window_stack(hu, settings.windows, kind=settings.window_kind))
 
 

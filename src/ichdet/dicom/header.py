@@ -38,10 +38,66 @@ META_TAGS = [
     "SliceLocation",
     "PixelPaddingValue",
     "Manufacturer",
+    # what series selection reads (ichdet.selection): what kind of series a slice belongs to
+    "SOPClassUID",
+    "ImageType",
+    "ConvolutionKernel",
+    "ContrastBolusAgent",
+    "ContrastBolusRoute",
+    "ContrastBolusVolume",
+    "BodyPartExamined",
+    "SeriesDescription",
+    "SeriesNumber",
 ]
 
 #: The Manufacturer that ``ichdet synth`` writes: how a run knows it trained on phantoms.
 SYNTHETIC_MANUFACTURER = "ichdet synthetic phantom"
+
+
+@dataclass(frozen=True)
+class SeriesFacts:
+    """What a slice's header says about its series (read by ``ichdet.selection``): free text
+    from the scanner, kept short and never used as a path."""
+
+    sop_class_uid: str = ""
+    image_type: str = ""  #: the values joined by "\\", upper case (ORIGINAL\\PRIMARY\\AXIAL)
+    kernel: str = ""  #: ConvolutionKernel (all values joined by "\\")
+    contrast: str = ""  #: ContrastBolusAgent / Route / Volume, joined ("" when none given)
+    body_part: str = ""
+    description: str = ""  #: SeriesDescription
+    series_number: int | None = None
+
+
+def _joined(ds: pydicom.Dataset, keyword: str, limit: int = 64) -> str:
+    """A (multi-valued) text element as one string, values joined by a backslash."""
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    parts = [str(v).strip() for v in values]
+    return "\\".join(p for p in parts if p)[:limit]
+
+
+def series_facts(ds: pydicom.Dataset) -> SeriesFacts:
+    """The series facts of a header (RSNA files leave SOPClassUID out: the file meta has it)."""
+    sop_class = text(ds, "SOPClassUID")
+    if not sop_class and getattr(ds, "file_meta", None) is not None:
+        sop_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+    contrast = [_joined(ds, k) for k in ("ContrastBolusAgent", "ContrastBolusRoute")]
+    volume = first_number(ds.get("ContrastBolusVolume"))
+    if volume:
+        contrast.append(f"{volume:g} ml")
+    return SeriesFacts(
+        sop_class_uid=sop_class[:64],
+        image_type=_joined(ds, "ImageType").upper(),
+        kernel=_joined(ds, "ConvolutionKernel"),
+        contrast=" ".join(c for c in contrast if c),
+        body_part=_joined(ds, "BodyPartExamined").upper(),
+        description=_joined(ds, "SeriesDescription"),
+        series_number=int_or_none(ds, "SeriesNumber"),
+    )
 
 
 @dataclass(frozen=True)
@@ -70,6 +126,7 @@ class SliceMeta:
     instance_number: int | None
     fixes: tuple[str, ...] = field(default=())
     manufacturer: str = ""
+    series: SeriesFacts = field(default_factory=lambda: SeriesFacts())
 
     @property
     def synthetic(self) -> bool:
@@ -161,4 +218,5 @@ def slice_meta(ds: pydicom.Dataset, fixes: tuple[str, ...] = ()) -> SliceMeta:
         instance_number=int_or_none(ds, "InstanceNumber"),
         fixes=fixes,
         manufacturer=text(ds, "Manufacturer"),
+        series=series_facts(ds),
     )

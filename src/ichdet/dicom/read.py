@@ -41,6 +41,7 @@ from ichdet.dicom.header import (
     SliceMeta,
     first_number,
     int_or_none,
+    series_facts,
     slice_meta,
     text,
 )
@@ -235,6 +236,24 @@ def read_meta(source: Source, *, require_ct: bool = True) -> SliceMeta:
         _check_image(ds, name, require_ct, header_only=True)
         fixes = (FIX_RSNA_12BIT,) if _rsna_12bit_bug(ds) else ()
         return slice_meta(ds, fixes)
+
+
+def read_identity(source: Source) -> dict[str, Any]:
+    """Who and what any DICOM object is, image or not (a dose report, a capture): study,
+    series, patient, modality, SOP class, series description and number. Header only."""
+    name = source_name(source)
+    with _reading(name):
+        ds = _dcmread(source, header_only=True)
+        facts = series_facts(ds)
+        return {
+            "study_id": text(ds, "StudyInstanceUID")[:64],
+            "series_id": text(ds, "SeriesInstanceUID")[:64],
+            "patient_id": text(ds, "PatientID")[:64],
+            "modality": text(ds, "Modality")[:16],
+            "sop_class_uid": facts.sop_class_uid,
+            "description": facts.description,
+            "series_number": facts.series_number,
+        }
 
 
 def stored_to_hu(

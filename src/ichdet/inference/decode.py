@@ -11,6 +11,7 @@ find the file that kills it, which is reported; the rest of the run goes on in a
 from __future__ import annotations
 
 import itertools
+import json
 from collections import deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future
@@ -18,14 +19,15 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from ichdet.data.cache import CacheSettings
-from ichdet.data.prepare import dicom_stack, image_stack
+from ichdet.data.prepare import dicom_stack, image_stack, slab_stack
 from ichdet.dicom.read import DicomError
 from ichdet.util.memory import reuse_freed_memory
 from ichdet.util.parallel import WORKER_DIED, process_pool
 
-Row = tuple[str, str, str]  # image_id, source, kind
+Row = tuple[str, str, str]  # image_id, source, kind ("slab": source is a JSON list of slices)
 Decoded = tuple[list[str], np.ndarray | None, list[tuple[str, str]]]
 
 #: Slices decoded at once from one series (256 px, 3 windows, context 1: ~450 MiB at most).
@@ -40,6 +42,24 @@ class Chunk:
     rows: list[Row]
     keep_from: int
     keep_to: int
+
+
+def frame_rows(frame: pd.DataFrame) -> list[Row]:
+    """Decode rows of index / read-plan rows (in order): a slab row's source is its slices."""
+    kinds = frame["kind"] if "kind" in frame else pd.Series("dicom", index=frame.index)
+    slabs = frame["slab_sources"] if "slab_sources" in frame else pd.Series("", frame.index)
+    return [
+        (str(i), str(sl) if k == "slab" else str(s), str(k))
+        for i, s, k, sl in zip(frame["image_id"], frame["source"], kinds, slabs, strict=True)
+    ]
+
+
+def display_source(row: Row) -> str:
+    """The file that shows a row: a slab's middle slice (the instance it is named by)."""
+    if row[2] != "slab":
+        return row[1]
+    sources = json.loads(row[1])
+    return str(sources[len(sources) // 2])
 
 
 def series_chunks(rows: list[Row], context: int, size: int = CHUNK_SLICES) -> list[Chunk]:
@@ -58,11 +78,11 @@ def series_inputs(rows: list[Row], settings: CacheSettings, context: int) -> Dec
     stacks, ids, errors = [], [], []
     for image_id, source, kind in rows:
         try:
-            make = image_stack if kind == "image" else dicom_stack
+            make = {"image": image_stack, "slab": slab_stack}.get(kind, dicom_stack)
             stacks.append(make(source, settings))
             ids.append(image_id)
-        except DicomError as exc:
-            errors.append((source, exc.reason))
+        except DicomError as exc:  # a slab's error names its slice
+            errors.append((source, str(exc) if kind == "slab" else exc.reason))
         except (ValueError, OSError) as exc:
             errors.append((source, str(exc)))
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
@@ -83,8 +103,8 @@ def chunk_inputs(chunk: Chunk, settings: CacheSettings, context: int) -> Decoded
     """:func:`series_inputs` of a chunk, keeping only its own slices (and their errors)."""
     ids, volume, errors = series_inputs(chunk.rows, settings, context)
     own = chunk.rows[chunk.keep_from : chunk.keep_to]
-    own_ids, own_sources = {r[0] for r in own}, {r[1] for r in own}
-    errors = [e for e in errors if e[0] in own_sources]
+    own_ids, own_sources = {r[0] for r in own}, {r[1]: display_source(r) for r in own}
+    errors = [(own_sources[e[0]], e[1]) for e in errors if e[0] in own_sources]
     if volume is None:
         return [], None, errors
     keep = [i for i, image_id in enumerate(ids) if image_id in own_ids]
@@ -104,7 +124,7 @@ def _isolate(chunk: Chunk, settings: CacheSettings, context: int) -> Decoded:
     rows = [r for r in chunk.rows if r not in deadly]
     own = chunk.rows[chunk.keep_from : chunk.keep_to]
     kept = [r for r in own if r not in deadly]
-    errors = [(r[1], WORKER_DIED) for r in own if r in deadly]
+    errors = [(display_source(r), WORKER_DIED) for r in own if r in deadly]
     if not kept:
         return [], None, errors
     first, last = rows.index(kept[0]), rows.index(kept[-1]) + 1
@@ -114,7 +134,7 @@ def _isolate(chunk: Chunk, settings: CacheSettings, context: int) -> Decoded:
                 chunk_inputs, Chunk(rows, first, last), settings, context
             ).result()
         except BrokenProcessPool:  # the slices survive alone but not together (memory)
-            return [], None, errors + [(r[1], WORKER_DIED) for r in kept]
+            return [], None, errors + [(display_source(r), WORKER_DIED) for r in kept]
     return ids, volume, errors + more
 
 

@@ -146,6 +146,7 @@ def export_onnx(
         "models": runner.names,
         "opset": opset,
         "synthetic_only": runner.synthetic_only,
+        "slice_spacing_mm": runner.slice_spacing,
     }
     series = runner.series
     if not isinstance(series, TorchSeries):

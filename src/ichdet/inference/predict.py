@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +19,12 @@ import pandas as pd
 from ichdet.data.index import build_index, order_series
 from ichdet.dicom.sources import find_member, open_text
 from ichdet.evaluation.metrics import from_long, to_long
-from ichdet.inference.decode import decode_ahead, series_chunks
+from ichdet.inference.decode import decode_ahead, frame_rows, series_chunks
 from ichdet.inference.runners import Runner
 from ichdet.inference.series import SliceOutputs
+from ichdet.inference.study_outputs import series_table, study_table, with_status
 from ichdet.labels import LABELS
+from ichdet.selection.choose import SelectionOptions, plan_reads
 from ichdet.util.jsonio import write_json
 from ichdet.util.tables import write_frame
 
@@ -31,45 +33,38 @@ SAMPLE_SUBMISSIONS = ("stage_2_sample_submission.csv", "stage_1_sample_submissio
 
 @dataclass
 class PredictResult:
-    index: pd.DataFrame  # the rows that were given to the model (ids, sources, kinds)
+    index: pd.DataFrame  # the rows given to the model (ids, sources, kinds; slabs: their slices)
     slices: pd.DataFrame
     studies: pd.DataFrame
     errors: pd.DataFrame
     submission: pd.DataFrame | None
     files: dict[str, Path]
     missing: int = 0  # sample-submission images that were not predicted
+    inputs: pd.DataFrame | None = None  # every image found (all series), read or not
+
+
+@dataclass
+class Input:
+    index: pd.DataFrame  #: one row per image
+    errors: pd.DataFrame  #: files that could not be indexed, with the reason
+    sample: str | None  #: the Kaggle sample submission, when the input is the Kaggle set
+    others: list[dict]  #: DICOM objects that are no CT slice (dose reports, captures)
 
 
 def load_input(
     data: str | os.PathLike, workers: int = 1, progress: Callable[[int], None] | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
-    """(index rows to predict, errors, sample submission source or None)."""
+) -> Input:
+    """The images of ``data`` (an index parquet, a Kaggle folder or zip: its test split, or
+    any folder of DICOM files)."""
     path = Path(data)
     if path.suffix == ".parquet":
-        return order_series(pd.read_parquet(path)), pd.DataFrame(columns=["source", "reason"]), None
+        index = order_series(pd.read_parquet(path))
+        return Input(index, pd.DataFrame(columns=["source", "reason"]), None, [])
     sample = next((s for name in SAMPLE_SUBMISSIONS if (s := find_member(path, name))), None)
-    index, errors, _ = build_index(path, workers=workers, progress=progress)
+    index, errors, report = build_index(path, workers=workers, progress=progress)
     if sample is not None:
         index = index[index["split"] == "test"]
-    return index.reset_index(drop=True), errors, sample
-
-
-def study_table(
-    slices: pd.DataFrame, thresholds: dict[str, float], study_probs: pd.DataFrame | None = None
-) -> pd.DataFrame:
-    """One row per study: per label its probability (the study head's when the run has a series
-    stage, else the maximum over slices), the slice with the highest slice probability, flag."""
-    rows = []
-    for study_id, group in slices.groupby("study_id", sort=False):
-        row: dict = {"study_id": study_id, "slices": len(group)}
-        for name in LABELS:
-            top = group[name].idxmax()
-            value = group.at[top, name] if study_probs is None else study_probs.at[study_id, name]
-            row[name] = float(value)
-            row[f"{name}_slice"] = group.at[top, "image_id"]
-            row[f"{name}_flag"] = bool(row[name] >= thresholds.get(name, 0.5))
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return Input(index.reset_index(drop=True), errors, sample, report.get("other_objects", []))
 
 
 @dataclass
@@ -78,7 +73,7 @@ class Scores:
 
     slices: pd.DataFrame  # image_id + six labels (+ cnn_<label> with a series stage)
     errors: list[tuple[str, str]]
-    series: pd.DataFrame | None = None  # study_id + six study-head probabilities per series
+    series: pd.DataFrame | None = None  # study/series ids + six study-head probabilities
 
 
 class _SeriesBuffer:
@@ -111,7 +106,7 @@ class _SeriesBuffer:
         frame[[f"cnn_{n}" for n in LABELS]] = cnn
         frame.insert(0, "image_id", self.ids)
         self.slices.append(frame)
-        self.series.append((self.key[0], *study_p.tolist()))
+        self.series.append((*self.key, *study_p.tolist()))
         self.ids, self.parts = [], []
 
 
@@ -126,7 +121,7 @@ def score_series(
     spec = runner.spec
     chunks, keys = [], []
     for key, g in index.groupby(["study_id", "series_id"], sort=False):
-        rows = list(g[["image_id", "source", "kind"]].itertuples(index=False, name=None))
+        rows = frame_rows(g)
         for chunk in series_chunks(rows, spec.context):
             chunks.append(chunk)
             keys.append(key)
@@ -156,12 +151,12 @@ def score_series(
 def _series_scores(buffer: _SeriesBuffer, errors: list[tuple[str, str]]) -> Scores:
     columns = ["image_id", *LABELS, *(f"cnn_{n}" for n in LABELS)]
     slices = pd.concat(buffer.slices) if buffer.slices else pd.DataFrame(columns=columns)
-    series = pd.DataFrame(buffer.series, columns=["study_id", *LABELS])
+    series = pd.DataFrame(buffer.series, columns=["study_id", "series_id", *LABELS])
     return Scores(slices.reset_index(drop=True), errors, series)
 
 
 #: What predict writes; stale copies are removed first, the manifest is written last.
-OUTPUTS = ("slices", "studies", "errors", "submission")
+OUTPUTS = ("slices", "studies", "series", "errors", "submission")
 MANIFEST = "manifest.json"
 
 
@@ -187,40 +182,64 @@ def predict(
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
+    selection: SelectionOptions | None = None,
 ) -> PredictResult:
     """Run ``runner`` (see ichdet.inference.runners) over ``data``; write the CSVs into ``out``.
 
-    ``progress(n)`` is called as files are done; ``total(n)`` once the file count is known.
+    Each study's series are classified and the ones to read chosen first (``selection``; the
+    model's training spacing by default; a Kaggle test set is read whole). ``progress(n)`` is
+    called as files are done; ``total(n)`` once the count of images to read is known.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    index, errors, sample = load_input(data, workers=workers)
+    given = load_input(data, workers=workers)
+    options = selection or SelectionOptions()
+    options = replace(options, training_mm=options.training_mm or runner.slice_spacing)
+    if given.sample is not None:  # every test image needs its prediction
+        options = replace(options, series="off")
+    plan = plan_reads(given.index, given.others, options)
     if total:
-        total(len(index))
-    if "kind" not in index:
-        index = index.assign(kind="dicom")
-    scores = score_series(runner, index, workers, progress)
-    meta = index.set_index("image_id")[["study_id", "series_id", "z"]]
-    extra = [c for c in scores.slices.columns if c.startswith("cnn_")]
-    slices = scores.slices.join(meta, on="image_id")[
-        ["image_id", "study_id", "series_id", "z", *LABELS, *extra]
-    ]
+        total(len(plan.rows))
+    scores = score_series(runner, plan.rows, workers, progress)
+    slices = _slice_table(scores, plan.rows)
     study_probs = None
-    if scores.series is not None:  # a study of several series: its highest series
+    if scores.series is not None:  # a study of several series read: its highest series
         study_probs = scores.series.groupby("study_id", sort=False)[list(LABELS)].max()
-    studies = study_table(slices, runner.study_thresholds, study_probs)
-    studies["warning"] = provenance_warnings(runner, index, studies["study_id"])
-    error_rows = [*errors.itertuples(index=False, name=None), *scores.errors]
-    frames = {"slices": slices, "studies": studies}
+    studies = with_status(study_table(slices, runner.study_thresholds, study_probs), plan)
+    studies.insert(
+        len(studies.columns) - 2,
+        "warning",
+        provenance_warnings(runner, given.index, studies["study_id"]),
+    )
+    error_rows = [*given.errors.itertuples(index=False, name=None), *scores.errors]
+    frames = {
+        "slices": slices,
+        "studies": studies,
+        "series": series_table(plan, slices, scores.series),
+    }
     submission, missing = None, 0
-    if sample is not None:
-        submission, unpredicted = kaggle_submission(slices, sample)
+    if given.sample is not None:
+        submission, unpredicted = kaggle_submission(slices, given.sample)
         missing = len(unpredicted)
         error_rows += [(f"{i} (sample submission)", NOT_PREDICTED) for i in unpredicted]
         frames["submission"] = submission
     errors_df = pd.DataFrame(error_rows, columns=["source", "reason"])
     files = write_outputs(out, {**frames, "errors": errors_df}, runner)
-    return PredictResult(index, slices, studies, errors_df, submission, files, missing)
+    return PredictResult(
+        plan.rows, slices, studies, errors_df, submission, files, missing, given.index
+    )
+
+
+def _slice_table(scores: Scores, rows: pd.DataFrame) -> pd.DataFrame:
+    """slices.csv: ids, position, probabilities (+ the CNN's with a series stage); a slab
+    names its middle slice and lists its slices (``slab_ids``)."""
+    slab = ["slab_slices", "slab_ids"] if rows.get("slab_slices", pd.Series()).gt(1).any() else []
+    meta = rows.set_index("image_id")[["study_id", "series_id", "z", *slab]]
+    extra = [c for c in scores.slices.columns if c.startswith("cnn_")]
+    table = scores.slices.astype({"image_id": str})
+    return table.join(meta, on="image_id")[
+        ["image_id", "study_id", "series_id", "z", *LABELS, *extra, *slab]
+    ]
 
 
 SYNTHETIC_WARNING = (

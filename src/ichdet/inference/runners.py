@@ -54,6 +54,7 @@ class Runner(Protocol):
     names: list[str]  #: the model files, for the record
     series: SeriesStage | None  #: the series stage, when the run has one
     synthetic_only: bool  #: every model was trained on ``ichdet synth`` phantoms only
+    slice_spacing: float  #: the slice spacing (mm) of the training data (thin series -> slabs)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """uint8 N x C x H x W -> float32 N x 6 probabilities."""
@@ -66,6 +67,16 @@ class Runner(Protocol):
     def heatmap_model(self) -> nn.Module | None:
         """A torch model to take gradients of for heat maps, or None (ONNX has none)."""
         ...
+
+
+#: The training slice spacing assumed for models that did not record one: RSNA's 5 mm.
+DEFAULT_SPACING_MM = 5.0
+
+
+def training_spacing(values: Sequence[Any]) -> float:
+    """The models' recorded training spacing (their median), else ``DEFAULT_SPACING_MM``."""
+    known = [float(v) for v in values if isinstance(v, int | float) and v > 0]
+    return float(np.median(known)) if known else DEFAULT_SPACING_MM
 
 
 def default_thresholds() -> dict[str, float]:
@@ -93,7 +104,7 @@ class TorchRunner:
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.tta, self.batch_size = tta, batch_size
         self.models: list[nn.Module] = []
-        specs, synthetic = [], []
+        specs, synthetic, spacings = [], [], []
         for path in checkpoints:
             ckpt = load_checkpoint(path)
             if ckpt["kind"] != "slice_cnn":
@@ -102,6 +113,7 @@ class TorchRunner:
                 )
             self.models.append(model_from_checkpoint(ckpt).to(self.device))
             synthetic.append(bool(ckpt.get("training_data", {}).get("synthetic_only")))
+            spacings.append(ckpt.get("training_data", {}).get("slice_spacing_mm"))
             specs.append(
                 InputSpec(
                     CacheSettings.from_dict(ckpt["cache_settings"]), int(ckpt.get("context", 0))
@@ -114,6 +126,7 @@ class TorchRunner:
         self.thresholds = stage_thresholds(paths)
         self.names = [short_name(p) for p in paths]
         self.synthetic_only = all(synthetic)
+        self.slice_spacing = training_spacing(spacings)
         found = sequence_checkpoints(paths)
         self.series: SeriesStage | None = None
         if found is not None:
@@ -190,6 +203,7 @@ class OnnxRunner:
         self.tta, self.batch_size = tta, batch_size
         self.names = [Path(path).name]
         self.synthetic_only = bool(meta.get("synthetic_only"))
+        self.slice_spacing = training_spacing([meta.get("slice_spacing_mm")])
         self.series: SeriesStage | None = None
         if meta.get("sequence"):
             self.series = _onnx_series(ort, Path(path), meta["sequence"], threads)

@@ -26,6 +26,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ichdet.data.windows import PRESETS, apply_window
 from ichdet.dicom.read import read_hu
+from ichdet.inference.decode import frame_rows
 from ichdet.labels import LABELS
 from ichdet.reports.heatmaps import model_input, occlusion_map, overlay
 from ichdet.util.atomic import atomic_path
@@ -46,6 +47,9 @@ PROBABILITY = _code("ICH-PROB", "Probability of finding")
 FLAG = _code("ICH-FLAG", "Flagged at operating threshold")
 THRESHOLD = _code("ICH-THR", "Operating threshold")
 KEY_SLICE = _code("ICH-KEY", "Key slice")
+NOT_ASSESSABLE = _code("ICH-NA", "Study not assessable by the algorithm")
+REASON = _code("ICH-NA-REASON", "Reason not assessable")
+QUALITY = _code("ICH-QC", "Input quality note")
 CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 PROPERTIES = hd.sr.RelationshipTypeValues.HAS_PROPERTIES
 CONTEXT = hd.sr.RelationshipTypeValues.HAS_OBS_CONTEXT
@@ -70,14 +74,24 @@ def _finding(name: str, p: float, flag: bool, threshold: float, key: pydicom.Dat
     return item
 
 
+def _not_assessable(reason: str) -> Any:
+    """The finding of a study that could not be read: no probability, the reason."""
+    item = hd.sr.CodeContentItem(FINDING, NOT_ASSESSABLE, relationship_type=CONTAINS)
+    item.ContentSequence = Sequence(
+        [hd.sr.TextContentItem(REASON, reason[:1024] or "-", relationship_type=PROPERTIES)]
+    )
+    return item
+
+
 def structured_report(
     summary: dict[str, Any],
     keys: dict[str, pydicom.Dataset],
     evidence: list[pydicom.Dataset],
     algorithm: dict[str, str],
 ) -> hd.sr.Comprehensive3DSR:
-    """The SR: ``summary`` has probabilities, flags, thresholds; ``keys`` the key slice of each
-    label; ``evidence`` every instance it references; ``algorithm`` name, version, models."""
+    """The SR: ``summary`` has probabilities, flags, thresholds (or ``not_assessable``, the
+    reason); ``keys`` the key slice of each label; ``evidence`` every instance it references
+    (for a study not assessed, one instance of it); ``algorithm`` name, version, models."""
     content: list[Any] = [
         hd.sr.TextContentItem(
             _code("111001", "Algorithm Name", "DCM"), algorithm["name"], relationship_type=CONTEXT
@@ -93,11 +107,18 @@ def structured_report(
             relationship_type=CONTEXT,
         ),
     ]
+    if summary.get("not_assessable") is not None:
+        content.append(_not_assessable(summary["not_assessable"]))
+    else:
+        content += [
+            _finding(
+                n, summary["probabilities"][n], summary["flags"][n], summary["thresholds"][n], keys[n]
+            )
+            for n in LABELS
+        ]
     content += [
-        _finding(
-            n, summary["probabilities"][n], summary["flags"][n], summary["thresholds"][n], keys[n]
-        )
-        for n in LABELS
+        hd.sr.TextContentItem(QUALITY, note[:1024], relationship_type=CONTAINS)
+        for note in summary.get("notes", [])
     ]
     root = hd.sr.ContainerContentItem(_code("18748-4", "Diagnostic imaging report", "LN"))
     root.ContentSequence = Sequence(content)
@@ -227,17 +248,29 @@ def dicom_results(
     sources: dict[str, str],
     thresholds: dict[str, float],
     version: str,
+    decode: dict[str, tuple[str, str, str]] | None = None,
+    reference: str | None = None,
 ) -> list[pydicom.Dataset]:
-    """[SR, Secondary Captures...] for one study of a prediction (``slices`` in z order)."""
+    """[SR, Secondary Captures...] for one study of a prediction (``slices`` in z order); a
+    study not assessed gets the SR alone, saying so (``reference``: one of its instances).
+    ``decode``: the decode row of each slice read (a slab's slices) for the heat maps."""
+    notes = [n for n in str(study.get("notes") or "").split("; ") if n]
+    algorithm = {"name": "ichdet", "version": version, "models": ", ".join(runner.names)}
+    if str(study.get("status") or "assessed") != "assessed":
+        summary = {"not_assessable": str(study["reason"]), "notes": notes}
+        if reference is None:
+            raise ValueError("a study not assessed needs one of its instances to refer to")
+        header = _header(reference)
+        return [structured_report(summary, {}, [header], algorithm)]
     summary = {
         "probabilities": {k: float(study[k]) for k in LABELS},
         "flags": {k: bool(study[f"{k}_flag"]) for k in LABELS},
         "thresholds": {k: float(thresholds.get(k, 0.5)) for k in LABELS},
         "warning": str(study.get("warning") or ""),
+        "notes": notes,
     }
     key_ids = {k: str(study[f"{k}_slice"]) for k in LABELS}
     headers = {i: _header(sources[i]) for i in dict.fromkeys(key_ids.values())}
-    algorithm = {"name": "ichdet", "version": version, "models": ", ".join(runner.names)}
     keys = {k: headers[i] for k, i in key_ids.items()}
     out: list[pydicom.Dataset] = [
         structured_report(summary, keys, list(headers.values()), algorithm)
@@ -248,7 +281,7 @@ def dicom_results(
         series = slices[
             slices["series_id"] == slices.set_index("image_id").at[image_id, "series_id"]
         ]
-        rows = [(i, sources[i], "dicom") for i in series["image_id"]]
+        rows = [(decode or {}).get(i, (i, sources[i], "dicom")) for i in series["image_id"]]
         n = list(series["image_id"]).index(image_id)
         out.append(capture(runner, rows, n, label, summary, headers[image_id], series_uid, number))
     return out
@@ -274,7 +307,9 @@ def write_study_results(
     from ichdet.util.names import path_component
 
     sources = dict(zip(result.index["image_id"], result.index["source"], strict=True))
+    decode = dict(zip(result.index["image_id"], frame_rows(result.index), strict=True))
     by_study = dict(tuple(result.slices.groupby("study_id", sort=False)))
+    references = study_references(result)
     paths: list[Path] = []
     failed: list[tuple[str, str]] = []
     for _, study in result.studies.iterrows():
@@ -282,12 +317,22 @@ def write_study_results(
             datasets = dicom_results(
                 runner,
                 study,
-                by_study[study["study_id"]],
+                by_study.get(study["study_id"], result.slices.iloc[:0]),
                 sources,
                 runner.study_thresholds,
                 version,
+                decode,
+                references.get(study["study_id"]),
             )
             paths += write_datasets(datasets, out / path_component(str(study["study_id"])))
         except Exception as exc:  # noqa: BLE001 - one study must never stop the others
             failed.append((str(study["study_id"]), f"{type(exc).__name__}: {exc}"))
     return paths, failed
+
+
+def study_references(result: Any) -> dict[str, str]:
+    """One instance (its source) of every study of a prediction, read or not."""
+    frame = result.inputs if getattr(result, "inputs", None) is not None else result.index
+    if not len(frame):
+        return {}
+    return {str(k): str(v) for k, v in frame.groupby("study_id", sort=False)["source"].first().items()}

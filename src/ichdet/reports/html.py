@@ -120,7 +120,7 @@ def _label_section(
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 4px 8px; }
-tr.flag { background: #fdd; font-weight: bold; }
+tr.flag { background: #fdd; font-weight: bold; } tr.muted { color: #888; }
 .panels { display: flex; flex-wrap: wrap; gap: 8px; }
 figure { margin: 0; } figcaption { font-size: 80%; text-align: center; }
 section { border-top: 1px solid #ddd; margin-top: 1.5em; }
@@ -146,6 +146,49 @@ def _heatmap_note(heatmapper: HeatMapper | None, models: int) -> str:
     return ""
 
 
+def series_section(summary: pd.Series, series: pd.DataFrame | None) -> str:
+    """What was read and why, the others and why not, and the input quality notes."""
+    esc = html.escape
+    notes = [n for n in str(summary.get("notes") or "").split("; ") if n]
+    out = "<h2>Series and input quality</h2>"
+    if notes:
+        out += "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"
+    if series is None or not len(series):
+        return out
+    rows = "".join(
+        f"<tr class='{'' if str(f['read']) == 'True' else 'muted'}'>"
+        f"<td>{esc(str(f.get('series_number', '')))}</td><td>{esc(str(f['description']))}</td>"
+        f"<td>{esc(str(f['slices']))}</td><td>{'read' if str(f['read']) == 'True' else '-'}</td>"
+        f"<td>{esc(str(f['reason']))}</td></tr>"
+        for _, f in series.iterrows()
+    )
+    return out + (
+        "<table><tr><th>#</th><th>description</th><th>slices</th><th>read</th>"
+        f"<th>why</th></tr>{rows}</table>"
+    )
+
+
+def not_assessable_report(
+    summary: pd.Series, series: pd.DataFrame | None, out: str | os.PathLike
+) -> Path:
+    """The page of a study that could not be read: the reason, never a probability."""
+    study_id = html.escape(str(summary["study_id"]))
+    reason = html.escape(str(summary.get("reason") or ""))
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>ichdet report {study_id}</title>
+<style>{STYLE}</style></head><body>
+<p class="banner">Research use only: not for diagnostic use.</p>
+<h1>Intracranial hemorrhage: study {study_id}</h1>
+<p class='warning'>NOT ASSESSABLE: {reason}. No probability of hemorrhage is given for this
+study: it holds no series the model can read (a non-contrast axial head CT in a soft-tissue
+reconstruction).</p>
+{series_section(summary, series)}
+<p class="disclaimer">Research software (ichdet); not a medical device.</p>
+</body></html>
+"""
+    return write_text(out, page)
+
+
 def study_report(
     study: pd.DataFrame,
     summary: pd.Series,
@@ -157,6 +200,7 @@ def study_report(
     models: int = 1,
     study_thresholds: dict[str, float] | None = None,
     series_stage: bool = False,
+    series: pd.DataFrame | None = None,
 ) -> Path:
     """Write one study's HTML. ``study``: its slices.csv rows in z order; ``inputs``: model
     inputs by image id (for the heat maps); ``sources``: image id -> source; ``thresholds``
@@ -188,6 +232,7 @@ threshold.</p>
 <h2>Probability along the slices</h2>
 <img class='curve' src='{_curve(study, list(LABELS), thresholds)}' alt='all labels'>
 {_heatmap_note(heatmapper, models)}{"".join(sections)}
+{series_section(summary, series)}
 <p class="disclaimer">Research software (ichdet); not a medical device. Findings must be
 confirmed by a radiologist.</p>
 </body></html>

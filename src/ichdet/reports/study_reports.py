@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ichdet.inference.decode import series_inputs
+from ichdet.inference.decode import frame_rows, series_inputs
 from ichdet.inference.predict import PredictResult
 from ichdet.inference.runners import Runner
 from ichdet.reports.heatmaps import HeatMapper
-from ichdet.reports.html import study_report
+from ichdet.inference.study_outputs import is_assessed
+from ichdet.reports.html import not_assessable_report, study_report
 from ichdet.util.names import path_component
 
 
@@ -33,12 +34,18 @@ def write_reports(
     # one pass over the tables, not one scan of them per study
     index_by_study = dict(tuple(result.index.groupby("study_id", sort=False)))
     slices_by_study = dict(tuple(result.slices.groupby("study_id", sort=False)))
+    series_by_study = dict(tuple(_series(result).groupby("study_id", sort=False)))
     paths, failed = [], []
     for _, summary in result.studies.iterrows():
         study_id = str(summary["study_id"])
+        series = series_by_study.get(summary["study_id"])
+        name = out / f"{path_component(study_id)}.html"
         try:
+            if not is_assessed(result.studies.loc[[_]]).iloc[0]:
+                paths.append(not_assessable_report(summary, series, name))
+                continue
             rows, slices = index_by_study[summary["study_id"]], slices_by_study[summary["study_id"]]
-            paths.append(_one_report(runner, rows, slices, summary, heatmapper, out))
+            paths.append(_one_report(runner, rows, slices, summary, heatmapper, name, series))
         except Exception as exc:  # noqa: BLE001 - one study must never stop the others
             failed.append((study_id, f"report failed: {type(exc).__name__}: {exc}"))
     return paths, failed
@@ -51,14 +58,14 @@ def _one_report(
     summary: pd.Series,
     heatmapper: HeatMapper | None,
     out: Path,
+    series_table: pd.DataFrame | None = None,
 ) -> Path:
-    """One study's page; ``rows`` are its index rows, ``study`` its slices.csv rows."""
+    """One study's page; ``rows`` are its read rows, ``study`` its slices.csv rows."""
     spec = runner.spec
     inputs: dict[str, np.ndarray] = {}
     if heatmapper is not None:
         for _, series in rows.groupby("series_id", sort=False):
-            items = list(series[["image_id", "source", "kind"]].itertuples(index=False, name=None))
-            ids, volume, _ = series_inputs(items, spec.settings, spec.context)
+            ids, volume, _ = series_inputs(frame_rows(series), spec.settings, spec.context)
             if volume is not None:
                 inputs.update(zip(ids, volume, strict=True))
     return study_report(
@@ -68,8 +75,17 @@ def _one_report(
         inputs,
         runner.thresholds,
         heatmapper,
-        out / f"{path_component(str(summary['study_id']))}.html",
+        out,
         models=len(runner.names),
         study_thresholds=runner.study_thresholds,
         series_stage=runner.series is not None,
+        series=series_table,
     )
+
+
+def _series(result: PredictResult) -> pd.DataFrame:
+    """The prediction's series.csv (empty when it has none)."""
+    path = result.files.get("series")
+    if path is None or not Path(path).is_file():
+        return pd.DataFrame(columns=["study_id"])
+    return pd.read_csv(path, dtype={"study_id": str, "series_id": str}, keep_default_na=False)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -66,11 +67,14 @@ def public_view(job: Job, full: bool) -> dict[str, Any]:
         out["reason"] = job.reason
     if job.result:
         r = job.result
+        out["assessable"] = r.get("assessable", True)
         keys = ("probabilities", "flags", "key_slices", "thresholds", "warning", "series_stage")
-        out.update({k: r[k] for k in keys})
+        keys += ("not_assessable", "notes")
+        out.update({k: r[k] for k in keys if k in r})
         if full:
             out["slices"] = [{k: s[k] for k in ("n", "z", "probabilities")} for s in r["slices"]]
             out["models"] = r["models"]
+            out["series"] = r.get("series", [])
     return out
 
 
@@ -158,9 +162,16 @@ def slice_image(
     if label not in job.result["probabilities"]:
         raise HTTPException(422, "unknown label")
     files = ctx.studies / job.id / "files"
-    rows = [(str(s["n"]), str(files / s["file"]), "dicom") for s in slices]
+    rows = [slice_row(files, s) for s in slices]
     png = slice_png(ctx.runner, rows, n, window, overlay == "heatmap", label)
     return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+
+def slice_row(files: Path, entry: dict[str, Any]) -> tuple[str, str, str]:
+    """The decode row of a summary's slice: a file of the study, or a slab of its files."""
+    if entry.get("slab_files"):
+        return (str(entry["n"]), json.dumps([str(files / f) for f in entry["slab_files"]]), "slab")
+    return (str(entry["n"]), str(files / entry["file"]), "dicom")
 
 
 @router.get("/metrics")

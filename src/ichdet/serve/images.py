@@ -9,7 +9,7 @@ import numpy as np
 
 from ichdet.data.windows import PRESETS, apply_window
 from ichdet.dicom.read import read_hu
-from ichdet.inference.decode import Row
+from ichdet.inference.decode import Row, display_source
 from ichdet.inference.runners import Runner
 from ichdet.labels import LABELS
 from ichdet.reports.heatmaps import model_input, occlusion_map, overlay
@@ -32,7 +32,7 @@ def slice_png(
     label: str = "any",
 ) -> bytes:
     """PNG of slice ``n`` of a series (``rows`` in z order), heat map of ``label`` on top."""
-    gray = window_image(rows[n][1], window)
+    gray = window_image(display_source(rows[n]), window)  # a slab shows its middle slice
     image: np.ndarray
     if not heatmap:
         image = (gray * 255).astype(np.uint8)

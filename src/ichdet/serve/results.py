@@ -27,10 +27,22 @@ class DicomResults:
         from ichdet.reports.dicom_results import dicom_results, write_datasets
 
         study = result.studies.iloc[0]
+        from ichdet.inference.decode import frame_rows
+        from ichdet.reports.dicom_results import study_references
+
         sources = dict(zip(result.index["image_id"], result.index["source"], strict=True))
+        decode = dict(zip(result.index["image_id"], frame_rows(result.index), strict=True))
+        reference = study_references(result).get(str(study["study_id"]))
         thresholds = self.runner.study_thresholds
         datasets = dicom_results(
-            self.runner, study, result.slices, sources, thresholds, __version__
+            self.runner,
+            study,
+            result.slices,
+            sources,
+            thresholds,
+            __version__,
+            decode,
+            reference,
         )
         paths = write_datasets(datasets, self.studies / study_id / "dicom")
         if self.outbox is not None:

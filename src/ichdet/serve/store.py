@@ -138,7 +138,9 @@ class Store:
                     return first
         return None
 
-    def finish(self, study_id: str, result: dict[str, Any], flagged: bool, p_any: float) -> None:
+    def finish(
+        self, study_id: str, result: dict[str, Any], flagged: bool, p_any: float | None
+    ) -> None:
         self._set(
             study_id,
             status="done",

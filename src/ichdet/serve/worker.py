@@ -9,6 +9,7 @@ written. The HTML report is written when first asked for (it costs more than the
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -17,6 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from ichdet.inference.predict import PredictResult, predict
 from ichdet.inference.runners import Runner
@@ -28,20 +31,59 @@ log = logging.getLogger("ichdet.serve")
 _REPORT_LOCK = threading.Lock()
 
 
+def _series(result: PredictResult) -> list[dict[str, Any]]:
+    """Every series of the study: how a person names it, read or not, and why."""
+    from ichdet.selection.choose import series_label
+
+    path = result.files.get("series")
+    if path is None or not Path(path).is_file():
+        return []
+    table = pd.read_csv(path, dtype={"study_id": str, "series_id": str}, keep_default_na=False)
+    table["series_number"] = pd.to_numeric(table["series_number"], errors="coerce")
+    return [
+        {"series": series_label(f), "read": str(f["read"]) == "True", "reason": str(f["reason"])}
+        for _, f in table.iterrows()
+    ]
+
+
+def _slab_files(slab_sources: Any) -> dict[str, list[str]]:
+    """A slab's files (names in the study's folder), for the viewer; {} for a plain slice."""
+    if not isinstance(slab_sources, str) or not slab_sources:
+        return {}
+    return {"slab_files": [Path(p).name for p in json.loads(slab_sources)]}
+
+
 def summarise(result: PredictResult, runner: Runner) -> dict[str, Any]:
-    """The JSON the API returns for a finished study."""
+    """The JSON the API returns for a finished study: probabilities, flags and slices, or
+    (``assessable`` false) the reason it could not be read; its series either way."""
+    from ichdet.inference.study_outputs import is_assessed
+
     study = result.studies.iloc[0]
+    common = {
+        "study_uid": str(study["study_id"]),
+        "assessable": bool(is_assessed(result.studies).iloc[0]),
+        "notes": str(study.get("notes") or ""),
+        "series": _series(result),
+        "warning": str(study.get("warning") or ""),
+        "models": list(runner.names),
+        "skipped_files": int(len(result.errors)),
+    }
+    if not common["assessable"]:
+        return {**common, "not_assessable": str(study["reason"]), "slices": []}
     slices = result.slices.reset_index(drop=True)
     sources = dict(zip(result.index["image_id"], result.index["source"], strict=True))
+    slab_sources = result.index.get("slab_sources", pd.Series("", result.index.index))
+    slabs = dict(zip(result.index["image_id"], slab_sources, strict=True))
     position = {image_id: n for n, image_id in enumerate(slices["image_id"])}
     return {
-        "study_uid": str(study["study_id"]),
+        **common,
         "slices": [
             {
                 "n": n,
                 "z": None if math.isnan(row.z) else float(row.z),
                 "file": Path(sources[row.image_id]).name,
                 "probabilities": {k: float(getattr(row, k)) for k in LABELS},
+                **_slab_files(slabs.get(row.image_id)),
             }
             for n, row in enumerate(slices.itertuples(index=False))
         ],
@@ -49,10 +91,7 @@ def summarise(result: PredictResult, runner: Runner) -> dict[str, Any]:
         "flags": {k: bool(study[f"{k}_flag"]) for k in LABELS},
         "key_slices": {k: position[study[f"{k}_slice"]] for k in LABELS},
         "thresholds": {k: float(runner.study_thresholds.get(k, 0.5)) for k in LABELS},
-        "warning": str(study.get("warning") or ""),
         "series_stage": runner.series is not None,
-        "models": list(runner.names),
-        "skipped_files": int(len(result.errors)),
     }
 
 
@@ -123,7 +162,7 @@ class Processor:
             out = folder / "result"
             shutil.rmtree(out, ignore_errors=True)  # a rerun after a crash starts clean
             result = predict(self.runner, folder / "files", out)
-            if result.slices.empty:
+            if result.studies.empty:
                 raise ValueError("no slice could be read")
             summary = summarise(result, self.runner)
         except Exception as exc:  # noqa: BLE001 - one study must never stop the service
@@ -131,10 +170,17 @@ class Processor:
             log.warning("study %s failed (%s)", study_id, type(exc).__name__)
             self._done(study_id, started, ok=False)
             return
-        self.store.finish(
-            study_id, summary, any(summary["flags"].values()), summary["probabilities"]["any"]
+        if summary["assessable"]:
+            flagged, p_any = any(summary["flags"].values()), summary["probabilities"]["any"]
+        else:  # "not assessable" is a result, never a probability
+            flagged, p_any = False, None
+        self.store.finish(study_id, summary, flagged, p_any)
+        log.info(
+            "study %s done (%d slices%s)",
+            study_id,
+            len(summary["slices"]),
+            "" if summary["assessable"] else ", not assessable",
         )
-        log.info("study %s done (%d slices)", study_id, len(summary["slices"]))
         self._done(study_id, started, ok=True)
         for hook in self.after:
             try:
@@ -165,13 +211,15 @@ class Processor:
 
 def stored_result(folder: Path) -> PredictResult:
     """A finished study's prediction, read back from ``result/`` (and its files' headers)."""
-    import pandas as pd
-
     from ichdet.data.index import build_index
+    from ichdet.inference.study_outputs import read_rows
 
-    ids = {"image_id": str, "study_id": str, "series_id": str}
+    ids = {"image_id": str, "study_id": str, "series_id": str, "slab_ids": str}
     slices = pd.read_csv(folder / "result" / "slices.csv", dtype=ids)
     studies = pd.read_csv(folder / "result" / "studies.csv", dtype=ids, keep_default_na=False)
-    index = build_index(folder / "files")[0]
+    for name in LABELS:  # "" where the study was not assessable
+        studies[name] = pd.to_numeric(studies[name], errors="coerce")
+    inputs = build_index(folder / "files")[0]
     errors = pd.DataFrame(columns=["source", "reason"])
-    return PredictResult(index, slices, studies, errors, None, {})
+    files = {"series": folder / "result" / "series.csv"}
+    return PredictResult(read_rows(slices, inputs), slices, studies, errors, None, files, 0, inputs)

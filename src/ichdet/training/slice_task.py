@@ -101,7 +101,18 @@ def training_data(frame: pd.DataFrame) -> dict[str, Any]:
         "images": len(frame),
         "synthetic_images": synthetic,
         "synthetic_only": bool(len(frame)) and synthetic == len(frame),
+        "slice_spacing_mm": slice_spacing(frame),
     }
+
+
+def slice_spacing(frame: pd.DataFrame) -> float | None:
+    """The median spacing (mm) between neighbouring slices of the training series, from their
+    positions; None when positions are unknown. Thin series are read as slabs of it."""
+    if not {"z", "series_id"} <= set(frame.columns):
+        return None
+    steps = frame.sort_values("z").groupby("series_id")["z"].diff().abs()
+    steps = steps[steps > 0.01]
+    return round(float(steps.median()), 3) if len(steps) else None
 
 
 #: Images without a cache entry that a run accepts (and reports): at most this many, or share.
