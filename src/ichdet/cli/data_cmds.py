@@ -18,13 +18,23 @@ def synth(
     test_fraction: float = typer.Option(0.2, help="fraction of patients in stage_2_test"),
     masks: bool = typer.Option(False, "--masks", help="write masks/ID_<sop>.npz per lesion slice"),
     workers: int = typer.Option(1, help="parallel processes"),
+    series: str = typer.Option(
+        "",
+        help="other series per study beside the labelled axial one, comma-separated or 'all': "
+        "localizer, bone, coronal, sagittal, contrast, thin, dose-sr, chest",
+    ),
 ) -> None:
     """Write labelled synthetic head-CT studies in the RSNA Kaggle layout."""
     import time
 
     from ichdet.synth.studies import synthesize
+    from ichdet.synth.variants import parse_variants
     from ichdet.util.progress import progress_bar
 
+    try:
+        variants = parse_variants(series)
+    except ValueError as exc:
+        fail(str(exc))
     start = time.perf_counter()
     with progress_bar(None, "synth") as advance:
         summary = synthesize(
@@ -36,6 +46,7 @@ def synth(
             masks=masks,
             workers=workers,
             progress=advance,
+            series=variants,
         )
     seconds = time.perf_counter() - start
     images = summary["images"]["train"] + summary["images"]["test"]

@@ -288,6 +288,11 @@ def _join_labels(df: pd.DataFrame, label_table: pd.DataFrame | None, report: dic
     return labelled
 
 
+def _frame(records: list[dict]) -> pd.DataFrame:
+    columns = [*ID_COLUMNS, "z", "instance_number", "rows", "columns", "source", "kind"]
+    return pd.DataFrame(records, columns=[*columns, "synthetic", *SERIES_COLUMNS])
+
+
 def build_index(
     data: str | os.PathLike,
     labels: str | os.PathLike | None = None,
@@ -319,20 +324,7 @@ def build_index(
         "other_objects": [{k: v for k, v in r.items() if k != "kind"} for r in others],
     }
     label_table = find_labels(data, labels, report)
-    df = pd.DataFrame(
-        records,
-        columns=[
-            *ID_COLUMNS,
-            "z",
-            "instance_number",
-            "rows",
-            "columns",
-            "source",
-            "kind",
-            "synthetic",
-            *SERIES_COLUMNS,
-        ],
-    )
+    df = _frame(records)
     df = _fill_ids(_drop_duplicates(df, errors), label_table)
     root = Path(data)
     df["split"] = [

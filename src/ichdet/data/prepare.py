@@ -77,7 +77,9 @@ def slab_stack(sources: str, settings: CacheSettings) -> np.ndarray:
     for path in paths:
         hu = read_hu(read_source(str(path)))
         if total is not None and hu.shape != total.shape:
-            raise ValueError(f"{path}: {hu.shape} pixels; the slab's other slices have {total.shape}")
+            raise ValueError(
+                f"{path}: {hu.shape} pixels; the slab's other slices have {total.shape}"
+            )
         total = hu.astype(np.float64) if total is None else total + hu
     assert total is not None
     hu = resize_image((total / len(paths)).astype(np.float32), settings.size)

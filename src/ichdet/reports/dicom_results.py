@@ -112,7 +112,11 @@ def structured_report(
     else:
         content += [
             _finding(
-                n, summary["probabilities"][n], summary["flags"][n], summary["thresholds"][n], keys[n]
+                n,
+                summary["probabilities"][n],
+                summary["flags"][n],
+                summary["thresholds"][n],
+                keys[n],
             )
             for n in LABELS
         ]
@@ -257,7 +261,7 @@ def dicom_results(
     notes = [n for n in str(study.get("notes") or "").split("; ") if n]
     algorithm = {"name": "ichdet", "version": version, "models": ", ".join(runner.names)}
     if str(study.get("status") or "assessed") != "assessed":
-        summary = {"not_assessable": str(study["reason"]), "notes": notes}
+        summary: dict[str, Any] = {"not_assessable": str(study["reason"]), "notes": notes}
         if reference is None:
             raise ValueError("a study not assessed needs one of its instances to refer to")
         header = _header(reference)
@@ -335,4 +339,6 @@ def study_references(result: Any) -> dict[str, str]:
     frame = result.inputs if getattr(result, "inputs", None) is not None else result.index
     if not len(frame):
         return {}
-    return {str(k): str(v) for k, v in frame.groupby("study_id", sort=False)["source"].first().items()}
+    return {
+        str(k): str(v) for k, v in frame.groupby("study_id", sort=False)["source"].first().items()
+    }

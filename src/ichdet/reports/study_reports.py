@@ -11,8 +11,8 @@ import pandas as pd
 from ichdet.inference.decode import frame_rows, series_inputs
 from ichdet.inference.predict import PredictResult
 from ichdet.inference.runners import Runner
-from ichdet.reports.heatmaps import HeatMapper
 from ichdet.inference.study_outputs import is_assessed
+from ichdet.reports.heatmaps import HeatMapper
 from ichdet.reports.html import not_assessable_report, study_report
 from ichdet.util.names import path_component
 

@@ -132,15 +132,18 @@ def _choose(
 
 
 def _study_reason(series: pd.DataFrame) -> str:
-    """Why a study cannot be read, in a line: the one kind of series it has, or the kinds."""
+    """Why a study cannot be read, in a line: the one kind of series it has, or the kinds.
+    Objects that are no image (dose reports) and localizers beside other series say nothing."""
+    images = series[series["slices"] > 0]
+    if not len(images):
+        return "no CT image series"
+    others = images[images["image_type"] != "localizer"]
     kinds = []
-    for reason in series["reason"]:
+    for reason in (others if len(others) else images)["reason"]:
         for problem in str(reason).split("; "):
             kind = problem.split(" (")[0].removesuffix(" on the image")
             if kind and kind not in kinds:
                 kinds.append(kind)
-    if not len(series):
-        return "no series"
     single = {
         "localizer": "only a localizer",
         "bone kernel": "only bone-kernel series",

@@ -55,49 +55,57 @@ def sop_class(uid: str) -> str:
     return SOP_CLASSES.get(uid.strip(), "other object")
 
 
+def _vendor_kernel(first: str) -> str | None:
+    """A kernel by the vendors' number schemes (Canon FCnn, Siemens letters + number)."""
+    if match := _CANON.match(first):
+        return "soft" if int(match.group(1)) < 30 else "sharp"
+    if match := _SIEMENS.match(first):
+        letters, number = match.group(1), int(match.group(2))
+        return "sharp" if letters.startswith("U") or number >= 60 else "soft"
+    if first in _PHILIPS_SHARP or first in _PHILIPS_SOFT:
+        return "sharp" if first in _PHILIPS_SHARP else "soft"
+    return None
+
+
 def kernel_class(kernel: str) -> str:
-    """"soft" | "sharp" | "unknown" for a ConvolutionKernel value (see the module docstring)."""
+    """ "soft" | "sharp" | "unknown" for a ConvolutionKernel value (see the module docstring)."""
     name = kernel.upper().strip()
     if not name:
         return "unknown"
-    first = name.split("\\")[0].strip()
-    if match := _CANON.match(first):
-        number = int(match.group(1))
-        return "soft" if number < 30 else "sharp"
-    if match := _SIEMENS.match(first):
-        letters, number = match.group(1), int(match.group(2))
-        if letters.startswith("U") or number >= 60:
-            return "sharp"
-        return "soft"
-    if first in _PHILIPS_SHARP:
-        return "sharp"
-    if first in _PHILIPS_SOFT:
-        return "soft"
+    by_vendor = _vendor_kernel(name.split("\\")[0].strip())
+    if by_vendor is not None:
+        return by_vendor
     if any(word in name for word in _SHARP_WORDS):
         return "sharp"
-    if any(word in name for word in _SOFT_WORDS):
-        return "soft"
-    return "unknown"
+    return "soft" if any(word in name for word in _SOFT_WORDS) else "unknown"
+
+
+_PROJECTIONS = ("MIP", "MINIP", "MINIMUM IP", "MAXIMUM IP", "PROJECTION IMAGE", "VR")
 
 
 def image_type_class(image_type: str) -> str:
-    """"localizer" | "projection" (MIP, MinIP, projection) | "reformat" (MPR, reformatted,
+    """ "localizer" | "projection" (MIP, MinIP, projection) | "reformat" (MPR, reformatted,
     curved) | "derived" | "original" | "unknown", from ImageType (values joined by "\\")."""
     values = [v.strip().upper() for v in image_type.split("\\") if v.strip()]
-    if not values:
-        return "unknown"
     joined = " ".join(values)
-    if "LOCALIZER" in values or "SCOUT" in joined or "TOPOGRAM" in joined:
-        return "localizer"
-    if any(v in ("MIP", "MINIP", "MINIMUM IP", "MAXIMUM IP", "PROJECTION IMAGE") for v in values):
-        return "projection"
-    if "PROJECTION" in joined or "VOLUME RENDER" in joined or "VR" in values:
-        return "projection"
-    if any(v in ("MPR", "REFORMATTED", "CURVED", "CPR") for v in values):
-        return "reformat"
-    if values[0] == "DERIVED" or "SECONDARY" in values:
-        return "derived"
-    return "original" if values[0] == "ORIGINAL" else "unknown"
+    rules = [
+        (not values, "unknown"),
+        ("LOCALIZER" in values or "SCOUT" in joined or "TOPOGRAM" in joined, "localizer"),
+        (any(v in _PROJECTIONS for v in values) or "PROJECTION" in joined, "projection"),
+        ("VOLUME RENDER" in joined, "projection"),
+        (any(v in ("MPR", "REFORMATTED", "CURVED", "CPR") for v in values), "reformat"),
+        (bool(values) and (values[0] == "DERIVED" or "SECONDARY" in values), "derived"),
+        (bool(values) and values[0] == "ORIGINAL", "original"),
+    ]
+    return next((kind for hit, kind in rules if hit), "unknown")
+
+
+_LOCALIZER_WORDS = re.compile(r"\b(SCOUT|LOCALI[SZ]ER|TOPOGRAM|SURVIEW|SCANOGRAM|PILOT|TOPO)\b")
+
+
+def localizer_hint(description: str) -> bool:
+    """A series description that names a localizer (weak evidence: ImageType first)."""
+    return bool(_LOCALIZER_WORDS.search(description.upper()))
 
 
 def orientation_class(orientation: str) -> tuple[str, float]:
@@ -133,7 +141,7 @@ _OTHER_PARTS = (
 
 
 def body_part_class(body_part: str) -> str:
-    """"head" | "other" | "unknown" from BodyPartExamined (HEADNECK counts as head)."""
+    """ "head" | "other" | "unknown" from BodyPartExamined (HEADNECK counts as head)."""
     name = body_part.upper().replace(" ", "").replace("_", "")
     if not name:
         return "unknown"

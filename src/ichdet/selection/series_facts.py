@@ -14,6 +14,7 @@ from ichdet.selection.classify import (
     contrast_class,
     image_type_class,
     kernel_class,
+    localizer_hint,
     orientation_class,
     sop_class,
 )
@@ -78,6 +79,13 @@ def _geometry(z: np.ndarray) -> dict[str, float | int]:
     }
 
 
+def _image_type(image_type: str, description: str) -> str:
+    kind = image_type_class(image_type)
+    if kind in ("original", "unknown", "derived") and localizer_hint(description):
+        return "localizer"
+    return kind
+
+
 def _facts(group: pd.DataFrame) -> dict:
     """The classification and geometry of one series (its index rows)."""
     text = {c: str(_first(group[c])) if c in group else "" for c in _TEXT}
@@ -92,7 +100,7 @@ def _facts(group: pd.DataFrame) -> dict:
         "description": text["description"],
         "slices": len(group),
         "sop_class": sop_class(text["sop_class_uid"]),
-        "image_type": image_type_class(text["image_type"]),
+        "image_type": _image_type(text["image_type"], text["description"]),
         "orientation": orientation,
         "tilt_deg": tilt,
         "kernel": text["kernel"],
@@ -107,8 +115,15 @@ def _facts(group: pd.DataFrame) -> dict:
     }
 
 
-_TEXT = ("sop_class_uid", "image_type", "kernel", "contrast", "body_part", "description")
-_TEXT += ("orientation",)
+_TEXT = (
+    "sop_class_uid",
+    "image_type",
+    "kernel",
+    "contrast",
+    "body_part",
+    "description",
+    "orientation",
+)
 
 
 def problems(f: dict) -> list[str]:
@@ -119,7 +134,7 @@ def problems(f: dict) -> list[str]:
     kind = f["image_type"]
     if kind in ("localizer", "projection"):
         found.append("localizer" if kind == "localizer" else "projection image (MIP)")
-    if f["orientation"] in ("coronal", "sagittal", "oblique"):
+    if f["orientation"] in ("coronal", "sagittal", "oblique") and kind != "localizer":
         found.append(f"{f['orientation']} slices")
     if f["kernel_class"] == "sharp":
         found.append(f"bone kernel ({f['kernel']})")
@@ -179,6 +194,13 @@ def describe_series(index: pd.DataFrame, others: list[dict] | None = None) -> pd
         rows.append(facts)
     rows += _other_series(others or [])
     table = pd.DataFrame(rows, columns=FACT_COLUMNS)
+    studies = {s: k for k, s in enumerate(dict.fromkeys(table["study_id"]))}
+    table = (
+        table.assign(_study=table["study_id"].map(studies))
+        .sort_values(["_study", "series_number", "series_id"], kind="stable")
+        .drop(columns="_study")
+        .reset_index(drop=True)
+    )
     table["problems"] = table["problems"].fillna("")
     table["notes"] = table["notes"].fillna("")
     return table

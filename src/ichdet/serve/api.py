@@ -68,8 +68,8 @@ def public_view(job: Job, full: bool) -> dict[str, Any]:
     if job.result:
         r = job.result
         out["assessable"] = r.get("assessable", True)
-        keys = ("probabilities", "flags", "key_slices", "thresholds", "warning", "series_stage")
-        keys += ("not_assessable", "notes")
+        keys = ["probabilities", "flags", "key_slices", "thresholds", "warning", "series_stage"]
+        keys += ["not_assessable", "notes"]
         out.update({k: r[k] for k in keys if k in r})
         if full:
             out["slices"] = [{k: s[k] for k in ("n", "z", "probabilities")} for s in r["slices"]]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -25,6 +26,8 @@ from ichdet.dicom.header import SYNTHETIC_MANUFACTURER
 from ichdet.dicom.write import ct_dataset, save_dataset
 from ichdet.labels import LABELS, SUBTYPES
 from ichdet.synth.phantom import Grid, StudyPlan, draw_lesion, plan_study, render_slice
+from ichdet.synth.variants import MAIN_SERIES, write_variants
+from ichdet.synth.variants import Context as VariantContext
 from ichdet.util.atomic import atomic_path, write_text
 from ichdet.util.parallel import process_pool
 
@@ -152,8 +155,11 @@ def design_study(job: StudyJob, size: int) -> StudyDesign:
     )
 
 
-def render_study(job: StudyJob, out: Path, size: int, masks: bool) -> list[dict]:
-    """Render and write one study; returns one record per slice (ids, z, labels)."""
+def render_study(
+    job: StudyJob, out: Path, size: int, masks: bool, variants: tuple[str, ...] = ()
+) -> list[dict]:
+    """Render and write one study (and its other series, ``variants``: see
+    ``ichdet.synth.variants``); returns one record per slice of the axial series."""
     design = design_study(job, size)
     plan, encoding, orientation = design.plan, design.encoding, design.orientation
     normal = np.cross(orientation[:3], orientation[3:])
@@ -161,8 +167,11 @@ def render_study(job: StudyJob, out: Path, size: int, masks: bool) -> list[dict]
     grid = Grid.for_plan(plan)
     folder = out / f"stage_2_{job.split}"
     records = []
+    volume = np.zeros((plan.n_slices, size, size), np.float32) if variants else None
     for k in design.order:  # files in no particular order, as on disk
         hu, lesion_masks = render_slice(plan, int(k), grid)
+        if volume is not None:
+            volume[k] = hu
         stored, extra = _encode(hu, grid.fov, encoding)
         sop = sop_id(job.study_id, int(k))
         z = plan.slice_z(int(k))
@@ -183,6 +192,8 @@ def render_study(job: StudyJob, out: Path, size: int, masks: bool) -> list[dict]
             **extra,
         )
         ds.Manufacturer = SYNTHETIC_MANUFACTURER  # runs record that they trained on phantoms
+        for keyword, value in (MAIN_SERIES if variants else {}).items():
+            setattr(ds, keyword, value)
         save_dataset(ds, folder / f"{sop}.dcm")
         if masks and lesion_masks:
             with atomic_path(out / "masks" / f"{sop}.npz") as tmp, open(tmp, "wb") as fh:
@@ -201,7 +212,28 @@ def render_study(job: StudyJob, out: Path, size: int, masks: bool) -> list[dict]
                 **labels,
             }
         )
+    if volume is not None:
+        _variants(job, design, volume, folder, variants)
     return records
+
+
+def _variants(
+    job: StudyJob, design: StudyDesign, volume: np.ndarray, folder: Path, variants: tuple[str, ...]
+) -> None:
+    """The study's other series (``ichdet.synth.variants``), from its axial volume."""
+    origin = design.origin
+    context = VariantContext(
+        job.study_id,
+        job.patient_id,
+        job.series_id,
+        design.plan,
+        volume,
+        folder,
+        design.plan.seed,
+        (float(origin[0]), float(origin[1]), float(origin[2])),
+        tuple(design.orientation),
+    )
+    write_variants(context, variants)
 
 
 def _long_form(records: list[dict], value: Callable[[dict, str], str]) -> str:
@@ -218,18 +250,21 @@ def render_all(
     masks: bool,
     workers: int,
     progress: Callable[[int], None] | None,
+    variants: tuple[str, ...] = (),
 ) -> list[dict]:
     """Render every study (in ``workers`` processes); records in job order, each study by z."""
     results: dict[int, list[dict]] = {}
     if workers > 1:
         with process_pool(workers) as pool:
-            futures = {pool.submit(render_study, j, out, size, masks): j.index for j in jobs}
+            futures = {
+                pool.submit(render_study, j, out, size, masks, variants): j.index for j in jobs
+            }
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 progress and progress(len(results[futures[future]]))
     else:
         for job in jobs:
-            results[job.index] = render_study(job, out, size, masks)
+            results[job.index] = render_study(job, out, size, masks, variants)
             progress and progress(len(results[job.index]))
     records = [r for j in jobs for r in sorted(results[j.index], key=lambda r: r["z"])]
     ids = [r["image_id"] for r in records]
@@ -247,8 +282,13 @@ def synthesize(
     masks: bool = False,
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
+    series: tuple[str, ...] = (),
 ) -> dict:
-    """Write a synthetic dataset in the Kaggle layout; returns the summary written to synth.json."""
+    """Write a synthetic dataset in the Kaggle layout; returns the summary written to synth.json.
+
+    ``series``: other series to write into each study beside the labelled axial one (see
+    ``ichdet.synth.variants``: localizer, bone, coronal, sagittal, contrast, thin, dose-sr, chest).
+    """
     if studies < 1:
         raise ValueError("studies must be >= 1")
     if size < 32:
@@ -257,7 +297,7 @@ def synthesize(
     for split in ("train", "test"):
         (out / f"stage_2_{split}").mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(studies, seed, test_fraction)
-    records = render_all(jobs, out, size, masks, workers, progress)
+    records = render_all(jobs, out, size, masks, workers, progress, tuple(series))
     train = [r for r in records if r["split"] == "train"]
     test = [r for r in records if r["split"] == "test"]
     # the real stage_2_train.csv repeats some rows; so does ours (one image in 200)
@@ -268,7 +308,11 @@ def synthesize(
     )
     write_text(out / "stage_2_sample_submission.csv", _long_form(test, lambda r, name: "0.5"))
     write_text(out / "stage_2_test_labels.csv", _long_form(test, lambda r, name: str(r[name])))
-    settings = dict(studies=studies, seed=seed, size=size, test_fraction=test_fraction, masks=masks)
+    settings: dict[str, Any] = dict(
+        studies=studies, seed=seed, size=size, test_fraction=test_fraction, masks=masks
+    )
+    if series:
+        settings["series"] = list(series)
     summary = {
         "settings": settings,
         "images": {"train": len(train), "test": len(test)},

@@ -32,14 +32,33 @@ function flagText(item) {
   return LABELS.filter((k) => k !== "any" && item.flags[k]).join(", ") || (item.flags.any ? "any" : "-");
 }
 
+function unassessableRow(item) {
+  const row = document.createElement("tr");
+  row.dataset.id = item.id;
+  row.className = "unassessable" + (state.study && state.study.id === item.id ? " selected" : "");
+  for (const text of [fmtTime(item.received), "NOT ASSESSABLE: " + item.not_assessable]) {
+    const cell = document.createElement("td");
+    cell.textContent = text;
+    row.appendChild(cell);
+  }
+  row.addEventListener("click", () => openStudy(item.id));
+  return row;
+}
+
 async function refresh() {
   try {
     const response = await api("/api/v1/studies?limit=200");
     if (!response.ok) return;
     const data = await response.json();
     const body = $("worklist").querySelector("tbody");
+    const apart = $("unassessable").querySelector("tbody");
     body.innerHTML = "";
+    apart.innerHTML = "";
     for (const item of data.items) {
+      if (item.assessable === false) {
+        apart.appendChild(unassessableRow(item));
+        continue;
+      }
       const row = document.createElement("tr");
       row.dataset.id = item.id;
       row.className = (item.flags && item.flags.any ? "flagged" : "") + (state.study && state.study.id === item.id ? " selected" : "");
@@ -95,7 +114,17 @@ async function openStudy(id) {
   $("study-title").textContent = id.slice(0, 8) + " (" + study.status + ")";
   $("warning").hidden = !study.warning;
   $("warning").textContent = study.warning ? "WARNING: " + study.warning : "";
+  $("notes").textContent = study.notes ? "Input quality: " + study.notes : "";
   if (study.status !== "done") return;
+  if (study.assessable === false) {
+    $("warning").hidden = false;
+    $("warning").textContent = "NOT ASSESSABLE: " + study.not_assessable + " (no probability is given). Series: " +
+      (study.series || []).map((s) => s.series + " (" + s.reason + ")").join("; ");
+    $("summary").querySelector("tbody").innerHTML = "";
+    $("slice").removeAttribute("src");
+    $("slice-label").textContent = "";
+    return;
+  }
   state.n = study.key_slices.any;
   summary();
   show();
