@@ -26,7 +26,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ichdet.data.windows import PRESETS, apply_window
 from ichdet.dicom.read import read_hu
-from ichdet.inference.decode import frame_rows
+from ichdet.inference.decode import display_source, frame_rows
 from ichdet.labels import LABELS
 from ichdet.reports.heatmaps import model_input, occlusion_map, overlay
 from ichdet.util.atomic import atomic_path
@@ -185,7 +185,7 @@ def capture(
 ) -> hd.sc.SCImage:
     """Key slice ``n`` of a series for ``label``: brain window, heat map, text burned in."""
     preset = PRESETS["brain"]
-    gray = apply_window(read_hu(rows[n][1]), preset.center, preset.width)
+    gray = apply_window(read_hu(display_source(rows[n])), preset.center, preset.width)
     cam = occlusion_map(runner, model_input(runner, rows, n), LABELS.index(label))
     probs = summary["probabilities"]
     warning = ["MODEL TRAINED ON SYNTHETIC PHANTOMS ONLY"] if summary.get("warning") else []

@@ -25,8 +25,9 @@ MIN_SLICES = 8
 MIN_COVERAGE_MM = 80.0
 #: More than this along z is not a head series (a head-to-pelvis trauma scan).
 MAX_COVERAGE_MM = 400.0
-#: A jump between neighbouring slices over this leaves brain unseen: not read.
-MAX_GAP_MM = 15.0
+#: A jump between neighbouring slices over this leaves brain unseen: not read (smaller gaps are
+#: noted; real subsampled series, such as the CQ500 sample, have 15 mm jumps).
+MAX_GAP_MM = 20.0
 #: Slices that share a position: over this share, the series holds two stacks.
 MAX_DUPLICATE_SHARE = 0.2
 #: A field of view narrower than this may cut an adult head (~150 x 190 mm).
