@@ -25,3 +25,24 @@ def synthetic(root: Path, studies: int, size: int = 512, seed: int = 0) -> Path:
     if not (out / "synth.json").is_file():
         synthesize(out, studies=studies, seed=seed, size=size, workers=os.cpu_count() or 1)
     return out
+
+
+def random_model(root: Path, name: str = "efficientnet_b0", size: int = 256) -> Path:
+    """An ichdet checkpoint of ``name`` with random weights (speed does not depend on them)."""
+    from ichdet.data.cache import CacheSettings
+    from ichdet.models.checkpoint import save_checkpoint
+    from ichdet.models.slice_cnn import ModelConfig, build_model
+
+    config = ModelConfig(name=name, in_chans=3)
+    ckpt = root / "model.pt"
+    save_checkpoint(
+        ckpt,
+        {
+            "kind": "slice_cnn",
+            "model": build_model(config).state_dict(),
+            "model_config": config.to_dict(),
+            "context": 0,
+            "cache_settings": CacheSettings(size=size).to_dict(),
+        },
+    )
+    return ckpt

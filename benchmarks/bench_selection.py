@@ -1,8 +1,12 @@
 """What series selection and input checks add to a study's prediction, measured in one process.
 
-For each study: the whole warm ``predict()`` (index of the headers, selection, decode, model,
-CSVs) and, within it, ``plan_reads`` alone (series classification from the indexed headers, the
-image check on three slices of each candidate, slab planning). Studies: a 40-slice axial series
+For each study: ``plan_reads`` alone (series classification from the indexed headers, the image
+check on three slices of each candidate, slab planning), the whole warm ``predict()`` (index,
+selection, decode, model, CSVs), and the same ``predict()`` without selection (``--series off
+--slab off --no-image-check``: every image series read, as ichdet did before selection).
+"added" = (predict - unselected) / unselected: for a one-series study, what selection costs
+(the image check's decoded slices are reused by the prediction); for the PACS study, what
+reading one series instead of all saves (the header index of every file is paid either way). Studies: a 40-slice axial series
 alone, and a study as a PACS sends it (``ichdet synth --series``: scout, axial, bone kernel,
 post-contrast, thin 0.6 mm, dose report), both at 512 px; plus any folder given with --study
 (the real samples in ../shared, say). Model: efficientnet_b0 at 256 px, random weights, ONNX.
@@ -18,33 +22,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine
+from _common import machine, random_model
 
-from ichdet.data.cache import CacheSettings
 from ichdet.data.index import build_index
 from ichdet.inference.export import export_onnx
 from ichdet.inference.predict import predict
 from ichdet.inference.runners import load_runner
-from ichdet.models.checkpoint import save_checkpoint
-from ichdet.models.slice_cnn import ModelConfig, build_model
 from ichdet.selection.choose import SelectionOptions, plan_reads
 from ichdet.synth.studies import synthesize
 
 
 def onnx_model(root: Path) -> Path:
-    config = ModelConfig(name="efficientnet_b0", in_chans=3)
-    ckpt = root / "model.pt"
-    save_checkpoint(
-        ckpt,
-        {
-            "kind": "slice_cnn",
-            "model": build_model(config).state_dict(),
-            "model_config": config.to_dict(),
-            "context": 0,
-            "cache_settings": CacheSettings(size=256).to_dict(),
-        },
-    )
-    return export_onnx([ckpt], root / "model.onnx")
+    return export_onnx([random_model(root)], root / "model.onnx")
 
 
 def studies(root: Path) -> dict[str, Path]:
@@ -67,27 +56,35 @@ def median_time(run, repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--study", type=Path, action="append", default=[])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         runner = load_runner([onnx_model(root)])
         cases = {**studies(root), **{p.name: p for p in args.study}}
+        off = SelectionOptions(series="off", slab="off", image_check=False)
         print(f"machine: {machine()}")
-        print(f"{'study':<28}{'files':>6}{'read':>6}{'predict s':>11}{'selection s':>13}{'share':>8}")
+        print(
+            f"{'study':<22}{'files':>6}{'read':>5}{'plan s':>8}{'predict s':>10}"
+            f"{'unselected s':>13}{'added':>7}"
+        )
         for name, folder in cases.items():
             index, _, report = build_index(folder)
             options = SelectionOptions(training_mm=runner.slice_spacing)
             plan = plan_reads(index, report["other_objects"], options)
+            alone = median_time(
+                lambda i=index, r=report, o=options: plan_reads(i, r["other_objects"], o),
+                args.repeat,
+            )
             predict(runner, folder, root / "out")  # warm up
-            total = median_time(lambda f=folder: predict(runner, f, root / "out"), args.repeat)
-            selection = median_time(
-                lambda i=index, r=report: plan_reads(i, r["other_objects"], options), args.repeat
+            chosen = median_time(lambda f=folder: predict(runner, f, root / "out"), args.repeat)
+            baseline = median_time(
+                lambda f=folder: predict(runner, f, root / "out", selection=off), args.repeat
             )
             files = len(index) + len(report["other_objects"])
             print(
-                f"{name:<28}{files:>6}{len(plan.rows):>6}{total:>11.3f}{selection:>13.4f}"
-                f"{selection / total:>8.1%}"
+                f"{name:<22}{files:>6}{len(plan.rows):>5}{alone:>8.4f}{chosen:>10.3f}"
+                f"{baseline:>13.3f}{(chosen - baseline) / baseline:>7.1%}"
             )
 
 

@@ -18,15 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import machine
+from _common import machine, random_model
 
-from ichdet.data.cache import CacheSettings
 from ichdet.dicom.write import ct_dataset, save_dataset
 from ichdet.inference.export import export_onnx
 from ichdet.inference.predict import predict
 from ichdet.inference.runners import load_runner
-from ichdet.models.checkpoint import save_checkpoint
-from ichdet.models.slice_cnn import ModelConfig, build_model
 from ichdet.synth.phantom import Grid, plan_study, render_slice
 
 
@@ -59,18 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_study(root / "study", args.slices)
-        config = ModelConfig(name=args.model, in_chans=3)
-        ckpt = root / "model.pt"
-        save_checkpoint(
-            ckpt,
-            {
-                "kind": "slice_cnn",
-                "model": build_model(config).state_dict(),
-                "model_config": config.to_dict(),
-                "context": 0,
-                "cache_settings": CacheSettings(size=args.size).to_dict(),
-            },
-        )
+        ckpt = random_model(root, args.model, args.size)
         onnx = export_onnx([ckpt], root / "model.onnx")
         print(f"machine: {machine()}")
         print(f"{args.slices}-slice study, 512 px DICOMs, {args.model} at {args.size} px")

@@ -62,7 +62,9 @@ def test_cq500_in_10_mm_slabs_named_by_real_instances():
     pairs = index["z"].to_numpy().reshape(15, 2)
     assert rows["z"].to_numpy() == pytest.approx(pairs.mean(axis=1))
     assert rows["image_id"].tolist() == index["image_id"].tolist()[1::2]  # the middle of two
-    assert [i.split() for i in rows["slab_ids"]] == index["image_id"].to_numpy().reshape(15, 2).tolist()
+    assert [i.split() for i in rows["slab_ids"]] == index["image_id"].to_numpy().reshape(
+        15, 2
+    ).tolist()
 
 
 @needs_cq500

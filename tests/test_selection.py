@@ -261,7 +261,7 @@ def test_a_thin_series_alone_is_read_as_slabs(model, study, tmp_path):
     assert set(slices["image_id"]) <= thin_ids  # named by real instances
     covered = [i for ids in slices["slab_ids"] for i in ids.split()]
     assert sorted(covered) == sorted(thin_ids)  # every thin slice in exactly one slab
-    assert "read as slabs" in result.studies["notes"][0]
+    assert f"mm slabs ({m} slices each)" in result.studies["notes"][0]
     off = predict(
         load_runner([model]), folder, tmp_path / "off", selection=SelectionOptions(slab="off")
     )

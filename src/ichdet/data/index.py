@@ -39,18 +39,17 @@ from ichdet.util.tables import write_frame
 
 ID_COLUMNS = ["image_id", "study_id", "series_id", "patient_id"]
 #: Header facts per image that series selection reads (``SeriesFacts``; "" when absent).
-SERIES_COLUMNS = [
+SERIES_TEXT_COLUMNS = [
     "sop_class_uid",
     "image_type",
     "kernel",
     "contrast",
     "body_part",
     "description",
-    "series_number",
     "orientation",
-    "thickness",
-    "pixel_spacing",
 ]
+SERIES_NUMBER_COLUMNS = ["series_number", "thickness", "pixel_spacing"]
+SERIES_COLUMNS = SERIES_TEXT_COLUMNS + SERIES_NUMBER_COLUMNS
 #: Files that sit beside images in datasets; listed as not images unless they hold DICOM.
 NOT_IMAGES = (".csv", ".json", ".txt", ".md", ".parquet", ".xlsx", ".pdf", ".html", ".npz")
 #: The reason given to such companion files; they are listed in the report, not as errors.
@@ -264,11 +263,10 @@ def _fill_ids(df: pd.DataFrame, label_table: pd.DataFrame | None) -> pd.DataFram
         present = df[column].notna() & (df[column].astype(str) != "")
         df[column] = df[column].astype(object).where(present, df["image_id"]).astype(str)
     df["z"] = pd.to_numeric(df["z"])
-    for column in SERIES_COLUMNS:
-        if column in ("series_number", "thickness", "pixel_spacing"):
-            df[column] = pd.to_numeric(df[column])
-        else:
-            df[column] = df[column].astype(object).fillna("").astype(str)
+    for column in SERIES_NUMBER_COLUMNS:
+        df[column] = pd.to_numeric(df[column])
+    for column in SERIES_TEXT_COLUMNS:
+        df[column] = df[column].astype(object).fillna("").astype(str)
     df["synthetic"] = df["synthetic"].astype("boolean").fillna(False).astype(bool)
     return df
 

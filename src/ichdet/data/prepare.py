@@ -61,29 +61,36 @@ def image_stack(source: str, settings: CacheSettings) -> np.ndarray:
     return resize_stack(np.moveaxis(img, -1, 0), settings.size)
 
 
+def hu_stack(hu: np.ndarray, settings: CacheSettings) -> np.ndarray:
+    """A HU image (float32 H x W) -> uint8 C x H x W window stack at ``settings.size``."""
+    small = resize_image(hu, settings.size)
+    return to_uint8(window_stack(small, settings.windows, kind=settings.window_kind))
+
+
 def dicom_stack(source: str, settings: CacheSettings) -> np.ndarray:
     """A DICOM slice -> uint8 C x H x W window stack at ``settings.size``."""
-    hu = resize_image(read_hu(read_source(source)), settings.size)
-    return to_uint8(window_stack(hu, settings.windows, kind=settings.window_kind))
+    return hu_stack(read_hu(read_source(source)), settings)
 
 
-def slab_stack(sources: str, settings: CacheSettings) -> np.ndarray:
+def slab_stack(
+    sources: str, settings: CacheSettings, known: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
     """A slab (``sources``: JSON list of thin slices, in z order) -> the window stack of the
-    mean of their HU images (ichdet.selection.slabs)."""
+    mean of their HU images (ichdet.selection.slabs); ``known``: slices decoded already."""
     paths = json.loads(sources)
     if not isinstance(paths, list) or not paths:
         raise ValueError("a slab needs a list of slices")
     total: np.ndarray | None = None
     for path in paths:
-        hu = read_hu(read_source(str(path)))
+        hu = (known or {}).get(str(path))
+        hu = read_hu(read_source(str(path))) if hu is None else hu
         if total is not None and hu.shape != total.shape:
             raise ValueError(
                 f"{path}: {hu.shape} pixels; the slab's other slices have {total.shape}"
             )
         total = hu.astype(np.float64) if total is None else total + hu
     assert total is not None
-    hu = resize_image((total / len(paths)).astype(np.float32), settings.size)
-    return to_uint8(window_stack(hu, settings.windows, kind=settings.window_kind))
+    return hu_stack((total / len(paths)).astype(np.float32), settings)
 
 
 def _prepare_chunk(rows: list[Row], directory: str, settings: CacheSettings) -> list[Row]:

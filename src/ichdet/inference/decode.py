@@ -16,13 +16,13 @@ from collections import deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from ichdet.data.cache import CacheSettings
-from ichdet.data.prepare import dicom_stack, image_stack, slab_stack
+from ichdet.data.prepare import dicom_stack, hu_stack, image_stack, slab_stack
 from ichdet.dicom.read import DicomError
 from ichdet.util.memory import reuse_freed_memory
 from ichdet.util.parallel import WORKER_DIED, process_pool
@@ -42,6 +42,7 @@ class Chunk:
     rows: list[Row]
     keep_from: int
     keep_to: int
+    known: dict[str, np.ndarray] = field(default_factory=dict)  #: HU decoded already, by source
 
 
 def frame_rows(frame: pd.DataFrame) -> list[Row]:
@@ -62,24 +63,53 @@ def display_source(row: Row) -> str:
     return str(sources[len(sources) // 2])
 
 
-def series_chunks(rows: list[Row], context: int, size: int = CHUNK_SLICES) -> list[Chunk]:
-    """A series (rows in z order) cut into chunks of ``size`` kept slices with margins."""
+def series_chunks(
+    rows: list[Row],
+    context: int,
+    size: int = CHUNK_SLICES,
+    known: dict[str, np.ndarray] | None = None,
+) -> list[Chunk]:
+    """A series (rows in z order) cut into chunks of ``size`` kept slices with margins; each
+    chunk carries the slices of ``known`` (decoded already) that it reads."""
     chunks = []
     for start in range(0, len(rows), size):
         stop = min(len(rows), start + size)
         low, high = max(0, start - context), min(len(rows), stop + context)
-        chunks.append(Chunk(rows[low:high], start - low, stop - low))
+        part = rows[low:high]
+        sources = {s for r in part for s in _sources(r)}
+        mine = {s: hu for s, hu in (known or {}).items() if s in sources}
+        chunks.append(Chunk(part, start - low, stop - low, mine))
     return chunks
 
 
-def series_inputs(rows: list[Row], settings: CacheSettings, context: int) -> Decoded:
+def _sources(row: Row) -> list[str]:
+    return [str(s) for s in json.loads(row[1])] if row[2] == "slab" else [row[1]]
+
+
+def _stack(
+    source: str, kind: str, settings: CacheSettings, known: dict[str, np.ndarray]
+) -> np.ndarray:
+    """One row's model input; slices in ``known`` (the selection's image check decoded them)
+    are not decoded again."""
+    if kind == "slab":
+        return slab_stack(source, settings, known)
+    if kind != "image" and source in known:
+        return hu_stack(known[source], settings)
+    return image_stack(source, settings) if kind == "image" else dicom_stack(source, settings)
+
+
+def series_inputs(
+    rows: list[Row],
+    settings: CacheSettings,
+    context: int,
+    known: dict[str, np.ndarray] | None = None,
+) -> Decoded:
     """Decode one series (rows in z order) -> (image ids, model inputs, errors)."""
     reuse_freed_memory()
     stacks, ids, errors = [], [], []
     for image_id, source, kind in rows:
         try:
-            make = {"image": image_stack, "slab": slab_stack}.get(kind, dicom_stack)
-            stacks.append(make(source, settings))
+            stacks.append(_stack(source, kind, settings, known or {}))
             ids.append(image_id)
         except DicomError as exc:  # a slab's error names its slice
             errors.append((source, str(exc) if kind == "slab" else exc.reason))
@@ -101,7 +131,7 @@ def series_inputs(rows: list[Row], settings: CacheSettings, context: int) -> Dec
 
 def chunk_inputs(chunk: Chunk, settings: CacheSettings, context: int) -> Decoded:
     """:func:`series_inputs` of a chunk, keeping only its own slices (and their errors)."""
-    ids, volume, errors = series_inputs(chunk.rows, settings, context)
+    ids, volume, errors = series_inputs(chunk.rows, settings, context, chunk.known)
     own = chunk.rows[chunk.keep_from : chunk.keep_to]
     own_ids, own_sources = {r[0] for r in own}, {r[1]: display_source(r) for r in own}
     errors = [(own_sources[e[0]], e[1]) for e in errors if e[0] in own_sources]

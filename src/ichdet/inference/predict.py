@@ -115,14 +115,16 @@ def score_series(
     index: pd.DataFrame,
     workers: int,
     progress: Callable[[int], None] | None = None,
+    known: dict[str, np.ndarray] | None = None,
 ) -> Scores:
     """Probabilities for every row of ``index``, series by series (decoded ahead in
-    ``workers`` processes, in bounded chunks), through the series stage when the run has one."""
+    ``workers`` processes, in bounded chunks), through the series stage when the run has one.
+    ``known``: HU images decoded already (by the selection's image check), by source."""
     spec = runner.spec
     chunks, keys = [], []
     for key, g in index.groupby(["study_id", "series_id"], sort=False):
         rows = frame_rows(g)
-        for chunk in series_chunks(rows, spec.context):
+        for chunk in series_chunks(rows, spec.context, known=known):
             chunks.append(chunk)
             keys.append(key)
     ids: list[str] = []
@@ -200,7 +202,7 @@ def predict(
     plan = plan_reads(given.index, given.others, options)
     if total:
         total(len(plan.rows))
-    scores = score_series(runner, plan.rows, workers, progress)
+    scores = score_series(runner, plan.rows, workers, progress, plan.decoded)
     slices = _slice_table(scores, plan.rows)
     study_probs = None
     if scores.series is not None:  # a study of several series read: its highest series

@@ -10,32 +10,16 @@ import pandas as pd
 
 from ichdet.labels import LABELS
 from ichdet.selection.choose import ASSESSED, NOT_ASSESSABLE, ReadPlan
+from ichdet.selection.series_facts import FACT_COLUMNS
 
-#: series.csv: what selection found per series, then the read series' probabilities.
+#: series.csv: ids, whether read and why (not), then what selection found (facts, then the
+#: image check's measures, ``image_*``), then the read series' probabilities.
 SERIES_COLUMNS = [
-    "study_id",
-    "series_id",
-    "series_number",
-    "description",
+    *FACT_COLUMNS[:4],
     "read",
     "reason",
-    "slices",
+    *(c for c in FACT_COLUMNS[4:] if c != "problems"),
     "slab_slices",
-    "sop_class",
-    "image_type",
-    "orientation",
-    "tilt_deg",
-    "kernel",
-    "kernel_class",
-    "contrast",
-    "body_part",
-    "thickness_mm",
-    "spacing_mm",
-    "coverage_mm",
-    "max_gap_mm",
-    "duplicates",
-    "fov_mm",
-    "notes",
 ]
 
 
@@ -98,7 +82,8 @@ def series_table(
 ) -> pd.DataFrame:
     """``SERIES_COLUMNS`` plus, for the series read, their probabilities (the series stage's
     head, else the maximum over their slices)."""
-    table = plan.series.reindex(columns=SERIES_COLUMNS).copy()
+    measures = [c for c in plan.series.columns if c.startswith("image_") and c != "image_type"]
+    table = plan.series.reindex(columns=[*SERIES_COLUMNS, *measures]).copy()
     table["read"] = table["read"].astype(bool)
     if series_probs is not None and len(series_probs):
         probs = series_probs.groupby(["study_id", "series_id"], sort=False)[list(LABELS)].max()

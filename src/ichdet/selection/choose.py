@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from ichdet.dicom.read import DicomError
 from ichdet.selection.image_check import ImageVerdict, check_series
-from ichdet.selection.series_facts import describe_series
+from ichdet.selection.series_facts import FACT_COLUMNS, series_records
 from ichdet.selection.slabs import make_slabs, slab_size
 
 SERIES_MODES = ("best", "all", "off")
@@ -56,9 +57,11 @@ class ReadPlan:
     rows: pd.DataFrame
     series: pd.DataFrame
     studies: pd.DataFrame
+    #: HU images of the series read that the image check decoded, by source (not decoded again)
+    decoded: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def preference(f: pd.Series, training_mm: float) -> tuple:
+def preference(f: dict, training_mm: float) -> tuple:
     """Sort key of a readable series (see the module docstring): smaller is better."""
     spacing = f["spacing_mm"] if math.isfinite(f["spacing_mm"] or math.nan) else f["thickness_mm"]
     distance = abs(spacing - training_mm) if math.isfinite(spacing or math.nan) else 99.0
@@ -74,7 +77,7 @@ def preference(f: pd.Series, training_mm: float) -> tuple:
     )
 
 
-def series_label(f: pd.Series) -> str:
+def series_label(f: dict | pd.Series) -> str:
     """How a person names a series: its number and description (no UID)."""
     number = f"#{int(f['series_number'])}" if pd.notna(f["series_number"]) else "series"
     description = str(f["description"] or "").strip()
@@ -84,9 +87,7 @@ def series_label(f: pd.Series) -> str:
 Checker = Callable[[list[str]], ImageVerdict]
 
 
-def _image_problems(
-    rows: pd.DataFrame, checker: Checker | None, f: pd.Series, record: dict
-) -> list[str]:
+def _image_problems(rows: pd.DataFrame, checker: Checker | None, f: dict) -> list[str]:
     """Run the image check on a candidate series; record its measures and notes."""
     if checker is None or (rows["kind"] != "dicom").any():
         return []
@@ -94,8 +95,9 @@ def _image_problems(
         verdict = checker(list(rows["source"]))
     except DicomError as exc:
         return [f"unreadable slices ({exc.reason})"]
-    record.update(verdict.to_dict())
-    record["image_notes"] = "; ".join(verdict.notes())
+    f.update(verdict.to_dict())
+    f["image_notes"] = "; ".join(verdict.notes())
+    f["_images"] = verdict.images
     found = verdict.problems()
     if f["kernel_class"] == "soft":  # a named soft kernel outranks the image's noise
         found = [p for p in found if not p.startswith("bone kernel")]
@@ -103,44 +105,43 @@ def _image_problems(
 
 
 def _choose(
-    facts: pd.DataFrame, index: pd.DataFrame, options: SelectionOptions, checker: Checker | None
-) -> pd.DataFrame:
-    """``facts`` with ``read`` and ``reason`` (and image measures) filled in, study by study."""
-    records = {i: {"read": False, "reason": facts.at[i, "problems"]} for i in facts.index}
-    by_series = dict(tuple(index.groupby(["study_id", "series_id"], sort=False)))
-    for _, study in facts.groupby("study_id", sort=False):
-        candidates = [i for i in study.index if not facts.at[i, "problems"]]
+    records: list[dict], index: pd.DataFrame, options: SelectionOptions, checker: Checker | None
+) -> None:
+    """Fill in ``read`` and ``reason`` (and the image measures) of every series record."""
+    for f in records:
+        f.update(read=False, reason=f["problems"])
+    positions = index.groupby(["study_id", "series_id"], sort=False).indices
+    training = options.training_mm or DEFAULT_TRAINING_MM
+    for study in dict.fromkeys(f["study_id"] for f in records):
+        series = [f for f in records if f["study_id"] == study]
         if options.series == "off":
-            candidates = [i for i in study.index if facts.at[i, "slices"] > 0]
-        training = options.training_mm or DEFAULT_TRAINING_MM
-        ranked = sorted(candidates, key=lambda i: preference(facts.loc[i], training))
+            candidates = [f for f in series if f["slices"] > 0]
+        else:
+            candidates = [f for f in series if not f["problems"]]
         chosen = None
-        for i in ranked:
-            f, record = facts.loc[i], records[i]
+        for f in sorted(candidates, key=lambda f: preference(f, training)):
             if chosen is not None and options.series == "best":
-                record["reason"] = f"may be read; {series_label(facts.loc[chosen])} preferred"
+                f["reason"] = f"may be read; {series_label(chosen)} preferred"
                 continue
-            rows = by_series[(f["study_id"], f["series_id"])]
-            found = [] if options.series == "off" else _image_problems(rows, checker, f, record)
+            rows = index.iloc[positions[(f["study_id"], f["series_id"])]]
+            found = [] if options.series == "off" else _image_problems(rows, checker, f)
             if found:
-                record["reason"] = "; ".join(found)
+                f["reason"] = "; ".join(found)
                 continue
-            record.update(read=True, reason="read")
-            chosen = chosen if chosen is not None else i
-    extra = pd.DataFrame.from_dict(records, orient="index")
-    return facts.join(extra)
+            f.update(read=True, reason="read")
+            chosen = chosen or f
 
 
-def _study_reason(series: pd.DataFrame) -> str:
+def _study_reason(series: list[dict]) -> str:
     """Why a study cannot be read, in a line: the one kind of series it has, or the kinds.
     Objects that are no image (dose reports) and localizers beside other series say nothing."""
-    images = series[series["slices"] > 0]
-    if not len(images):
+    images = [f for f in series if f["slices"] > 0]
+    if not images:
         return "no CT image series"
-    others = images[images["image_type"] != "localizer"]
+    others = [f for f in images if f["image_type"] != "localizer"]
     kinds = []
-    for reason in (others if len(others) else images)["reason"]:
-        for problem in str(reason).split("; "):
+    for f in others or images:
+        for problem in str(f["reason"]).split("; "):
             kind = problem.split(" (")[0].removesuffix(" on the image")
             if kind and kind not in kinds:
                 kinds.append(kind)
@@ -155,22 +156,28 @@ def _study_reason(series: pd.DataFrame) -> str:
     return "no series to read: " + "; ".join(kinds)
 
 
-def _studies(series: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for study_id, group in series.groupby("study_id", sort=False):
-        read = group[group["read"]]
-        notes = [n for part in read["notes"] for n in str(part).split("; ") if n]
-        notes += [n for part in read.get("image_notes", []) for n in str(part).split("; ") if n]
-        rows.append(
-            {
-                "study_id": study_id,
-                "status": ASSESSED if len(read) else NOT_ASSESSABLE,
-                "reason": "" if len(read) else _study_reason(group),
-                "series_read": "; ".join(series_label(f) for _, f in read.iterrows()),
-                "notes": "; ".join(dict.fromkeys(n for n in notes if n != "nan")),
-            }
-        )
-    return pd.DataFrame(rows, columns=["study_id", "status", "reason", "series_read", "notes"])
+def _study(series: list[dict]) -> dict:
+    """A study's status, reason, the series read and the quality notes of what was read."""
+    read = [f for f in series if f["read"]]
+    notes = [
+        n
+        for f in read
+        for part in (f["notes"], f.get("image_notes", ""))
+        for n in str(part).split("; ")
+    ]
+    for f in read:
+        if f["slab_slices"] > 1:
+            mm = f["slab_slices"] * f["spacing_mm"]
+            notes.append(
+                f"{series_label(f)} read as {mm:.1f} mm slabs ({f['slab_slices']} slices each)"
+            )
+    return {
+        "study_id": series[0]["study_id"],
+        "status": ASSESSED if read else NOT_ASSESSABLE,
+        "reason": "" if read else _study_reason(series),
+        "series_read": "; ".join(series_label(f) for f in read),
+        "notes": "; ".join(dict.fromkeys(n for n in notes if n and n != "nan")),
+    }
 
 
 def plan_reads(
@@ -181,26 +188,28 @@ def plan_reads(
 ) -> ReadPlan:
     """Classify every series of ``index``, choose what to read, and make thin series slabs."""
     options = options or SelectionOptions()
-    if options.training_mm is None:
-        options = replace(options, training_mm=DEFAULT_TRAINING_MM)
+    training = options.training_mm or DEFAULT_TRAINING_MM
     if "kind" not in index:
         index = index.assign(kind="dicom")
-    facts = describe_series(index, others)
-    series = _choose(facts, index, options, checker if options.image_check else None)
-    series["slab_slices"] = [
-        slab_size(s, options.slab, options.training_mm or DEFAULT_TRAINING_MM) if read else 1
-        for s, read in zip(series["spacing_mm"], series["read"], strict=True)
+    records = series_records(index, others)
+    _choose(records, index, options, checker if options.image_check else None)
+    for f in records:
+        f["slab_slices"] = slab_size(f["spacing_mm"], options.slab, training) if f["read"] else 1
+    positions = index.groupby(["study_id", "series_id"], sort=False).indices
+    parts = [
+        make_slabs(index.iloc[positions[(f["study_id"], f["series_id"])]], f["slab_slices"])
+        for f in records
+        if f["read"]
     ]
-    parts = []
-    for (study, series_id), rows in index.groupby(["study_id", "series_id"], sort=False):
-        match = series[(series["study_id"] == study) & (series["series_id"] == series_id)]
-        if len(match) and bool(match["read"].iloc[0]):
-            parts.append(make_slabs(rows, int(match["slab_slices"].iloc[0])))
     rows = pd.concat(parts, ignore_index=True) if parts else index.iloc[:0].copy()
-    studies = _studies(series)
-    slabbed = series[series["read"] & (series["slab_slices"] > 1)]
-    for _, f in slabbed.iterrows():
-        note = f"{series_label(f)} read as slabs of {f['slab_slices']} slices"
-        at = studies["study_id"] == f["study_id"]
-        studies.loc[at, "notes"] = [f"{n}; {note}" if n else note for n in studies.loc[at, "notes"]]
-    return ReadPlan(rows, series, studies)
+    by_study: dict[str, list[dict]] = {}
+    for f in records:
+        by_study.setdefault(f["study_id"], []).append(f)
+    studies = pd.DataFrame(
+        [_study(group) for group in by_study.values()],
+        columns=["study_id", "status", "reason", "series_read", "notes"],
+    )
+    decoded = {s: hu for f in records if f["read"] for s, hu in f.get("_images", {}).items()}
+    series = pd.DataFrame([{k: v for k, v in f.items() if k != "_images"} for f in records])
+    series = series.reindex(columns=[*FACT_COLUMNS, *(c for c in series if c not in FACT_COLUMNS)])
+    return ReadPlan(rows, series, studies, decoded)

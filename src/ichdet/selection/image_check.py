@@ -22,7 +22,7 @@ sharp (bone) kernel when noise_hu > 12 or undershoot > 0.15.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -35,6 +35,7 @@ MIN_RING, MIN_BRAIN = 0.7, 0.4
 MAX_NOISE_HU, MAX_UNDERSHOOT = 12.0, 0.15
 METAL_NOTE, EDGE_NOTE = 5e-4, 0.02
 RAYS = 72
+WORK_SIZE = 128  #: the anatomy is measured on the slice reduced to about this size
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class ImageVerdict:
     undershoot: float
     metal: float
     edge: float
+    #: the HU images looked at, by source: the prediction does not decode them again
+    images: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def head(self) -> bool:
@@ -81,7 +84,8 @@ class ImageVerdict:
         return found
 
     def to_dict(self) -> dict[str, float]:
-        return {f"image_{k}": round(float(v), 4) for k, v in asdict(self).items()}
+        fields = ("slices", "skull_ring", "brain_share", "noise_hu", "undershoot", "metal", "edge")
+        return {f"image_{k}": round(float(getattr(self, k)), 4) for k in fields}
 
 
 def pick(count: int) -> list[int]:
@@ -126,21 +130,34 @@ def _inside_skull(bone: np.ndarray) -> np.ndarray:
     return (flood[1:-1, 1:-1] == 1) & ~bone
 
 
+def _full(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A mask of the reduced image at the full image's size."""
+    image = np.ascontiguousarray(mask, dtype=np.uint8)
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
 def measure(hu: np.ndarray) -> dict[str, float]:
-    """The measures of one slice (float32 HU, H x W)."""
-    local = cv2.blur(hu, (3, 3))  # a bone kernel's dark rims must not cut the body apart
+    """The measures of one slice (float32 HU, H x W). The anatomy is found at <= 128 px; the
+    noise and the rim are read from the full-resolution pixels (a kernel shows there)."""
+    step = max(1, max(hu.shape) // WORK_SIZE)
+    small = (
+        hu
+        if step == 1
+        else cv2.resize(hu, None, fx=1 / step, fy=1 / step, interpolation=cv2.INTER_AREA)
+    )
+    local = cv2.blur(small, (3, 3))  # a bone kernel's dark rims must not cut the body apart
     body = _largest(local > -300)
-    bone = body & (hu > 300)
+    bone = body & (small > 300)
     inner = _inside_skull(bone)
-    smooth = cv2.blur(hu, (5, 5))
-    core = cv2.erode(inner.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
-    rim = inner & cv2.dilate(bone.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    high = (hu - cv2.blur(hu, (3, 3)))[core]
+    core = cv2.erode(inner.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    near = cv2.dilate(bone.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    high = (hu - cv2.blur(hu, (3, 3)))[_full(core, hu.shape)][::4]
     noise = 1.4826 * float(np.median(np.abs(high - np.median(high)))) if high.size else 0.0
+    rim = _full(inner & near, hu.shape)
     border = np.concatenate([body[0], body[-1], body[:, 0], body[:, -1]])
     return {
         "skull_ring": _rays(body, bone),
-        "brain_share": float(((smooth >= 0) & (smooth <= 80))[inner].mean()) if inner.any() else 0,
+        "brain_share": float(((local >= 0) & (local <= 80))[inner].mean()) if inner.any() else 0,
         "noise_hu": noise,
         "undershoot": float((hu[rim] < -50).mean()) if rim.any() else 0.0,
         "metal": float((local[body] > 3000).mean()) if body.any() else 0.0,
@@ -150,8 +167,8 @@ def measure(hu: np.ndarray) -> dict[str, float]:
 
 def check_series(sources: list[str]) -> ImageVerdict:
     """Look at a few slices of a series (``sources`` in z order); DicomError if one fails."""
-    chosen = [sources[k] for k in pick(len(sources))]
-    found = [measure(read_hu(read_source(s))) for s in chosen]
+    images = {s: read_hu(read_source(s)) for s in (sources[k] for k in pick(len(sources)))}
+    found = [measure(hu) for hu in images.values()]
     keys = ("skull_ring", "brain_share", "noise_hu", "undershoot", "metal", "edge")
     medians = {k: float(np.median([f[k] for f in found])) if found else 0.0 for k in keys}
-    return ImageVerdict(slices=len(found), **medians)
+    return ImageVerdict(slices=len(found), **medians, images=images)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from ichdet.data.index import SERIES_TEXT_COLUMNS
 from ichdet.selection.classify import (
     body_part_class,
     contrast_class,
@@ -59,10 +60,9 @@ FACT_COLUMNS = [
 ]
 
 
-def _first(values: pd.Series, default: object = "") -> object:
-    present = values.dropna()
-    present = present[present.astype(str) != ""]
-    return present.iloc[0] if len(present) else default
+def _first(values: pd.Series) -> str:
+    """The first non-empty text of a column (the series' header value)."""
+    return next((str(v) for v in values.tolist() if isinstance(v, str) and v), "")
 
 
 def _geometry(z: np.ndarray) -> dict[str, float | int]:
@@ -89,7 +89,7 @@ def _image_type(image_type: str, description: str) -> str:
 
 def _facts(group: pd.DataFrame) -> dict:
     """The classification and geometry of one series (its index rows)."""
-    text = {c: str(_first(group[c])) if c in group else "" for c in _TEXT}
+    text = {c: _first(group[c]) if c in group else "" for c in SERIES_TEXT_COLUMNS}
     orientation, tilt = orientation_class(text["orientation"])
     contrast, evidence = contrast_class(text["contrast"], text["description"])
     thickness = pd.to_numeric(group.get("thickness", pd.Series(dtype=float)), errors="coerce")
@@ -114,17 +114,6 @@ def _facts(group: pd.DataFrame) -> dict:
         "fov_mm": float((spacing * columns).median()) if spacing.notna().any() else math.nan,
         **_geometry(group["z"].to_numpy(dtype=float)),
     }
-
-
-_TEXT = (
-    "sop_class_uid",
-    "image_type",
-    "kernel",
-    "contrast",
-    "body_part",
-    "description",
-    "orientation",
-)
 
 
 def problems(f: dict) -> list[str]:
@@ -182,29 +171,28 @@ def notes(f: dict) -> list[str]:
     return found
 
 
-def describe_series(index: pd.DataFrame, others: list[dict] | None = None) -> pd.DataFrame:
-    """One row per series (``FACT_COLUMNS``), image series from ``index`` (rows of images) and
-    non-image objects (``build_index``'s ``other_objects``: dose reports, captures) as series
-    that are never read."""
+def series_records(index: pd.DataFrame, others: list[dict] | None = None) -> list[dict]:
+    """One dict per series (``FACT_COLUMNS``): image series from ``index`` (rows of images),
+    then non-image objects (``build_index``'s ``other_objects``: dose reports, captures) as
+    series that are never read; each study's series by series number."""
     rows = []
-    for (study, series), group in index.groupby(["study_id", "series_id"], sort=False):
-        facts = _facts(group)
+    for (study, series), positions in index.groupby(
+        ["study_id", "series_id"], sort=False
+    ).indices.items():
+        facts = _facts(index.iloc[positions])
         facts.update(study_id=study, series_id=series)
         facts["problems"] = "; ".join(problems(facts))
         facts["notes"] = "; ".join(notes(facts))
         rows.append(facts)
     rows += _other_series(others or [])
-    table = pd.DataFrame(rows, columns=FACT_COLUMNS)
-    studies = {s: k for k, s in enumerate(dict.fromkeys(table["study_id"]))}
-    table = (
-        table.assign(_study=table["study_id"].map(studies))
-        .sort_values(["_study", "series_number", "series_id"], kind="stable")
-        .drop(columns="_study")
-        .reset_index(drop=True)
-    )
-    table["problems"] = table["problems"].fillna("")
-    table["notes"] = table["notes"].fillna("")
-    return table
+    order = {s: k for k, s in enumerate(dict.fromkeys(r["study_id"] for r in rows))}
+
+    def key(r: dict) -> tuple:
+        number = r.get("series_number")
+        known = number is not None and not (isinstance(number, float) and math.isnan(number))
+        return (order[r["study_id"]], not known, number if known else 0, str(r["series_id"]))
+
+    return sorted(rows, key=key)
 
 
 def _other_series(others: list[dict]) -> list[dict]:
