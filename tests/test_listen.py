@@ -320,7 +320,7 @@ class Orthanc:
 def test_orthanc_sends_a_study_and_gets_sr_and_captures_in_the_same_study(runner, tmp_path):
     """The real PACS: a study uploaded into Orthanc, sent by Orthanc to `ichdet listen`, and the
     SR and Secondary Capture series found in the same study in Orthanc."""
-    paths = ct_study(tmp_path / "study", slices=6)
+    paths = ct_study(tmp_path / "study", slices=12)  # a head series the model can read
     listener_port = free_port()
     orthanc = Orthanc(tmp_path, listener_port)
     modalities: list = []

@@ -3,6 +3,7 @@ read, why the others are not, "not assessable" everywhere, and thin series read 
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from ichdet.selection.slabs import make_slabs, parse_slab, slab_size
 from ichdet.synth.studies import synthesize
 
 cli = CliRunner()
+DCIODVFY = shutil.which("dciodvfy")
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +187,17 @@ def test_geometry_that_cannot_be_read(study, tmp_path, keep, reason):
     assert plan.series["reason"][0].startswith(reason)
 
 
+def _valid_uids(ds):
+    """RSNA-style "ID_..." identifiers -> valid UIDs (as a PACS has them), one for one."""
+    from pydicom.uid import generate_uid
+
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        setattr(ds, keyword, generate_uid(entropy_srcs=[str(getattr(ds, keyword))]))
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
 def test_the_cli_says_not_assessable_and_writes_the_sr_and_report(model, study, tmp_path):
-    folder = subset(study, tmp_path / "s", [1, 3])
+    folder = subset(study, tmp_path / "s", [1, 3], _valid_uids)
     out = cli.invoke(
         app,
         ["predict", str(model), str(folder), "-o", str(tmp_path / "o"), "--report"]
@@ -203,7 +214,11 @@ def test_the_cli_says_not_assessable_and_writes_the_sr_and_report(model, study, 
     finding = items["Finding"]
     assert finding.ConceptCodeSequence[0].CodeMeaning == "Study not assessable by the algorithm"
     assert finding.ContentSequence[0].TextValue == "only bone-kernel series"
-    assert sr.StudyInstanceUID == pydicom.dcmread(study[3][0]).StudyInstanceUID
+    assert sr.StudyInstanceUID == pydicom.dcmread(next(folder.iterdir())).StudyInstanceUID
+    if DCIODVFY:  # Debian's dicom3tools: the SR of a study not assessed is valid DICOM too
+        out = subprocess.run([DCIODVFY, str(sr_path)], capture_output=True, text=True)
+        errors = [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
+        assert not errors, errors
 
 
 def test_slab_sizes_and_parsing():

@@ -125,3 +125,40 @@ def test_the_page_uploads_lists_and_views_a_study(model_and_studies, tmp_path):
             browser.close()
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: apt-get install chromium")
+def test_the_page_lists_a_study_that_cannot_be_read_apart(model_and_studies, tmp_path):
+    """A bone-kernel series alone: listed under "Not assessable" with the reason, never in the
+    worklist with a probability; opening it says why."""
+    import pydicom
+
+    from ichdet.dicom.read import quiet_pydicom
+    from ichdet.synth.studies import synthesize
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    synthesize(tmp_path / "data", studies=1, size=48, test_fraction=0.0, series=("bone",))
+    with quiet_pydicom():
+        bone = [
+            str(p)
+            for p in (tmp_path / "data" / "stage_2_train").glob("*.dcm")
+            if pydicom.dcmread(p, stop_before_pixels=True).SeriesNumber == 3
+        ]
+    server = Server(model_and_studies[0], tmp_path / "store")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            page.set_input_files("#file-input", bone)
+            row = page.locator("#unassessable tbody tr", has_text="only bone-kernel series")
+            row.wait_for(timeout=60_000)
+            assert page.locator("#worklist tbody tr").count() == 0
+            row.click()
+            page.wait_for_function("!document.getElementById('warning').hidden")
+            warning = page.inner_text("#warning")
+            assert warning.startswith("NOT ASSESSABLE: only bone-kernel series")
+            assert "bone kernel (BONE)" in warning  # each series with why it was not read
+            browser.close()
+    finally:
+        server.stop()

@@ -29,6 +29,8 @@ _API = {
     "prepare": "ichdet.data.prepare",
     "SliceDataset": "ichdet.data.dataset",
     "synthesize": "ichdet.synth.studies",
+    "plan_reads": "ichdet.selection.choose",
+    "SelectionOptions": "ichdet.selection.choose",
     "ModelConfig": "ichdet.models.slice_cnn",
     "build_model": "ichdet.models.slice_cnn",
     "load_checkpoint": "ichdet.models.checkpoint",
@@ -61,6 +63,8 @@ __all__ = [
     "prepare",
     "SliceDataset",
     "synthesize",
+    "plan_reads",
+    "SelectionOptions",
     "ModelConfig",
     "build_model",
     "load_checkpoint",
@@ -92,6 +96,7 @@ if TYPE_CHECKING:
     from ichdet.labels import LABELS
     from ichdet.models.checkpoint import load_checkpoint
     from ichdet.models.slice_cnn import ModelConfig, build_model
+    from ichdet.selection.choose import SelectionOptions, plan_reads
     from ichdet.synth.studies import synthesize
     from ichdet.training.config import SequenceTrainConfig, TrainConfig
     from ichdet.training.cv import fit_all
