@@ -6,12 +6,14 @@ selection, decode, model, CSVs), and the same ``predict()`` without selection (`
 --slab off --no-image-check``: every image series read, as ichdet did before selection).
 "added" = (predict - unselected) / unselected: for a one-series study, what selection costs
 (the image check's decoded slices are reused by the prediction); for the PACS study, what
-reading one series instead of all saves (the header index of every file is paid either way). Studies: a 40-slice axial series
-alone, and a study as a PACS sends it (``ichdet synth --series``: scout, axial, bone kernel,
-post-contrast, thin 0.6 mm, dose report), both at 512 px; plus any folder given with --study
-(the real samples in ../shared, say). Model: efficientnet_b0 at 256 px, random weights, ONNX.
+reading one series instead of all saves (the header index of every file is paid either way).
 
-    python benchmarks/bench_selection.py [--study DIR ...] [--repeat 5]
+Studies: a synthetic axial series alone, and a study as a PACS sends it (``ichdet synth
+--series``: scout, axial, bone kernel, post-contrast, thin 0.6 mm, dose report), both at 512
+px; plus any folder given with --study (the real samples in ../shared, say). Model:
+efficientnet_b0 at 256 px, random weights, ONNX Runtime.
+
+    python benchmarks/bench_selection.py [--study DIR ...] [--repeat 7]
 """
 
 from __future__ import annotations
