@@ -324,3 +324,29 @@ def test_the_service_shows_a_study_that_cannot_be_read_apart(model, study, tmp_p
         assert client.get(f"/api/v1/studies/{study_id}/slices/0.png").status_code == 404
         page = client.get(f"/api/v1/studies/{study_id}/report")
         assert page.status_code == 200 and "NOT ASSESSABLE: only bone-kernel series" in page.text
+
+
+def test_pre_windowed_images_and_series_without_positions_are_read(model, tmp_path):
+    """A folder of PNGs (no header to judge) and a DICOM series without geometry are read,
+    the latter with a note; neither is refused for "too few slices" or "coverage"."""
+    import cv2
+
+    folder = tmp_path / "png"
+    folder.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(folder / f"img{k}.png"), np.full((48, 48, 3), 60 * k, np.uint8))
+    result = predict(load_runner([model]), folder, tmp_path / "o")
+    assert (result.studies["status"] == "assessed").all() and len(result.slices) == 3
+    index = pd.DataFrame(
+        {
+            "image_id": [f"1.2.{k}" for k in range(10)],
+            "study_id": "1.2",
+            "series_id": "1.2.1",
+            "source": [f"/x/{k}.dcm" for k in range(10)],
+            "kind": "dicom",
+            "z": np.nan,
+        }
+    )
+    plan = plan_reads(index, [], SelectionOptions(image_check=False))
+    assert plan.studies["status"][0] == "assessed"
+    assert "no slice positions" in plan.studies["notes"][0]

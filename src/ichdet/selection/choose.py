@@ -104,6 +104,13 @@ def _image_problems(rows: pd.DataFrame, checker: Checker | None, f: dict) -> lis
     return found
 
 
+def _by_study(records: list[dict]) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = {}
+    for f in records:
+        grouped.setdefault(f["study_id"], []).append(f)
+    return grouped
+
+
 def _choose(
     records: list[dict], index: pd.DataFrame, options: SelectionOptions, checker: Checker | None
 ) -> None:
@@ -112,8 +119,7 @@ def _choose(
         f.update(read=False, reason=f["problems"])
     positions = index.groupby(["study_id", "series_id"], sort=False).indices
     training = options.training_mm or DEFAULT_TRAINING_MM
-    for study in dict.fromkeys(f["study_id"] for f in records):
-        series = [f for f in records if f["study_id"] == study]
+    for series in _by_study(records).values():
         if options.series == "off":
             candidates = [f for f in series if f["slices"] > 0]
         else:
@@ -202,11 +208,8 @@ def plan_reads(
         if f["read"]
     ]
     rows = pd.concat(parts, ignore_index=True) if parts else index.iloc[:0].copy()
-    by_study: dict[str, list[dict]] = {}
-    for f in records:
-        by_study.setdefault(f["study_id"], []).append(f)
     studies = pd.DataFrame(
-        [_study(group) for group in by_study.values()],
+        [_study(group) for group in _by_study(records).values()],
         columns=["study_id", "status", "reason", "series_read", "notes"],
     )
     decoded = {s: hu for f in records if f["read"] for s, hu in f.get("_images", {}).items()}

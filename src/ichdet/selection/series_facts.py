@@ -68,8 +68,8 @@ def _first(values: pd.Series) -> str:
 def _geometry(z: np.ndarray) -> dict[str, float | int]:
     """Spacing (median step between distinct positions), coverage, largest gap, duplicates."""
     z = np.sort(z[np.isfinite(z)])
-    if len(z) < 2:
-        return {"spacing_mm": math.nan, "coverage_mm": 0.0, "max_gap_mm": 0.0, "duplicates": 0}
+    if len(z) < 2:  # no positions (pre-windowed images, headers without geometry)
+        return {"spacing_mm": math.nan, "coverage_mm": math.nan, "max_gap_mm": 0.0, "duplicates": 0}
     steps = np.diff(z)
     distinct = steps[steps > 0.01]
     return {
@@ -100,6 +100,7 @@ def _facts(group: pd.DataFrame) -> dict:
         "series_number": number.dropna().iloc[0] if number.notna().any() else math.nan,
         "description": text["description"],
         "slices": len(group),
+        "images": bool(len(group)) and bool((group.get("kind", "dicom") == "image").all()),
         "sop_class": sop_class(text["sop_class_uid"]),
         "image_type": _image_type(text["image_type"], text["description"]),
         "orientation": orientation,
@@ -132,7 +133,7 @@ def problems(f: dict) -> list[str]:
         found.append(f"post-contrast ({f['contrast_evidence']})")
     if f["body_part"] == "other":
         found.append("not a head (body part)")
-    if kind != "localizer":
+    if kind != "localizer" and not f["images"]:  # pre-windowed images: nothing to judge
         found += _geometry_problems(f)
     return found
 
@@ -141,6 +142,8 @@ def _geometry_problems(f: dict) -> list[str]:
     found = []
     if f["slices"] < MIN_SLICES:
         found.append(f"too few slices ({f['slices']})")
+    elif math.isnan(f["coverage_mm"]):  # no positions: the coverage cannot be known
+        pass
     elif f["coverage_mm"] > MAX_COVERAGE_MM:
         found.append(f"not a head ({f['coverage_mm']:.0f} mm along z)")
     elif f["coverage_mm"] < MIN_COVERAGE_MM:
@@ -155,6 +158,8 @@ def _geometry_problems(f: dict) -> list[str]:
 def notes(f: dict) -> list[str]:
     """What does not stop the read but a reader should know."""
     found = []
+    if math.isnan(f["coverage_mm"]) and not f["images"]:
+        found.append("no slice positions: slices in instance-number order")
     if f["tilt_deg"] > 2.0:
         found.append(f"gantry tilt {f['tilt_deg']:.0f} deg")
     if f["mixed_thickness"]:
