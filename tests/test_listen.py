@@ -225,7 +225,13 @@ def test_results_wait_in_the_outbox_until_the_destination_is_up(service, tmp_pat
         got = receiver.wait(2, timeout=60)  # the back-off retries reach it
     finally:
         receiver.stop()
-    assert any(d.Modality == "SR" for d in got)
+    sr = next(d for d in got if d.Modality == "SR")
+    # three slices are no head series: the SR says the study was not assessed, and why
+    finding = next(
+        i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121071"
+    )
+    assert finding.ConceptCodeSequence[0].CodeMeaning == "Study not assessable by the algorithm"
+    assert finding.ContentSequence[0].TextValue.startswith("no series to read: too few slices")
     deadline = time.time() + 10
     while ctx.outbox.pending() and time.time() < deadline:
         time.sleep(0.1)

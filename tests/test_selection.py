@@ -350,3 +350,14 @@ def test_pre_windowed_images_and_series_without_positions_are_read(model, tmp_pa
     plan = plan_reads(index, [], SelectionOptions(image_check=False))
     assert plan.studies["status"][0] == "assessed"
     assert "no slice positions" in plan.studies["notes"][0]
+
+
+def test_the_series_command_shows_what_predict_would_read(study, tmp_path):
+    folder = subset(study, tmp_path / "s", [1, 2, 3, 997])
+    out = cli.invoke(app, ["series", str(folder), "-o", str(tmp_path / "series.csv")])
+    assert out.exit_code == 0, out.output
+    assert "#2 HEAD 5mm" in out.output and "bone kernel (BONE)" in out.output
+    table = pd.read_csv(tmp_path / "series.csv")
+    assert table.loc[table["read"], "series_number"].tolist() == [2]
+    bone = cli.invoke(app, ["series", str(subset(study, tmp_path / "b", [1, 3]))])
+    assert "NOT ASSESSABLE (only bone-kernel series)" in bone.output

@@ -29,6 +29,7 @@ app = typer.Typer(
 for command in (
     inspect_cmds.info,
     inspect_cmds.view,
+    inspect_cmds.series,
     data_cmds.synth,
     data_cmds.index,
     data_cmds.prepare,

@@ -1,4 +1,4 @@
-"""``ichdet info`` and ``ichdet view``: look at DICOM slices."""
+"""``ichdet info``, ``ichdet view`` and ``ichdet series``: look at DICOM slices and studies."""
 
 from __future__ import annotations
 
@@ -78,3 +78,54 @@ def view(
     except (DicomError, ValueError) as exc:
         fail(str(exc))
     console.print(f"wrote {out}")
+
+
+def _kind(f: dict) -> str:
+    """What selection made of a series, in words (empty for objects that are no image)."""
+    if not isinstance(f.get("orientation"), str):
+        return ""
+    kernel = {"soft": "soft kernel", "sharp": "bone kernel"}.get(f["kernel_class"], "kernel ?")
+    contrast = {"contrast": "contrast", "none": "no contrast"}.get(f["contrast"], "contrast ?")
+    return f"{f['orientation']}, {kernel}, {contrast}"
+
+
+def series(
+    data: Path = typer.Argument(..., help="a folder (or zip) of DICOM studies"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="also write series.csv here"),
+    training_mm: float = typer.Option(5.0, help="the model's training slice spacing (mm)"),
+    slab: str = typer.Option("auto", help="off | auto | MM, as predict takes it"),
+    image_check: bool = typer.Option(True, help="look at 3 slices of each candidate"),
+    workers: int = typer.Option(1, help="header-reading processes"),
+) -> None:
+    """Each study's series, which one predict would read, and why not the others (no model)."""
+    from ichdet.data.index import build_index
+    from ichdet.selection.choose import SelectionOptions, plan_reads, series_label
+    from ichdet.selection.slabs import parse_slab
+
+    try:
+        options = SelectionOptions(
+            slab=parse_slab(slab), training_mm=training_mm, image_check=image_check
+        )
+        index, _, report = build_index(data, workers=workers)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    plan = plan_reads(index, report["other_objects"], options)
+    for k, study in enumerate(plan.studies.itertuples(index=False), start=1):
+        rows = plan.series[plan.series["study_id"] == study.study_id]
+        table = Table(
+            "series", "slices", "class", "read", "why", title=f"study {k}: {study.status}"
+        )
+        for _, f in rows.iterrows():
+            read = f"yes ({f['slab_slices']}-slice slabs)" if f["slab_slices"] > 1 else "yes"
+            table.add_row(
+                series_label(f), str(f["slices"]), _kind(f), read if f["read"] else "-", f["reason"]
+            )
+        console.print(table)
+        if study.reason:
+            err.print(f"study {k}: NOT ASSESSABLE ({study.reason})", style="bold yellow")
+        if study.notes:
+            console.print(f"study {k} notes: {study.notes}")
+    if out is not None:
+        from ichdet.util.tables import write_frame
+
+        console.print(f"wrote {write_frame(out, plan.series.drop(columns=['problems']))}")

@@ -31,6 +31,8 @@ def serve(
     ae_title: str = typer.Option("ICHDET", help="the listener's AE title"),
     quiet_seconds: float = typer.Option(10.0, help="a study is complete after this silence"),
     send_to: str | None = typer.Option(None, help="AET@HOST:PORT for the SR and key slices"),
+    series: str = typer.Option("best", help="best | all: the series read (as predict)"),
+    slab: str = typer.Option("auto", help="thin series as slabs: off | auto | MM (as predict)"),
 ) -> None:
     """Serve MODEL: upload, triage and review head CT studies (API under /api/v1, page at /)."""
     import logging
@@ -60,6 +62,7 @@ def serve(
         ae_title=ae_title,
         quiet_seconds=quiet_seconds,
         send_to=_destination(send_to),
+        selection=_selection(series, slab),
     )
     console.print(f"ichdet serve: {', '.join(runner.names)} on http://{host}:{port}/")
     uvicorn.run(create_app(runner, settings), host=host, port=port, log_level="info")
@@ -72,6 +75,19 @@ def _runner(model: Path, store: Path) -> Any:
     try:
         return load_model(model, store)
     except (FileNotFoundError, ValueError, ImportError) as exc:
+        fail(str(exc))
+
+
+def _selection(series: str, slab: str) -> Any:
+    """predict's series options, checked before the service starts."""
+    from ichdet.selection.choose import SelectionOptions
+    from ichdet.selection.slabs import parse_slab
+
+    if series not in ("best", "all"):
+        fail(f"--series takes best or all here, not {series!r}")
+    try:
+        return SelectionOptions(series=series, slab=parse_slab(slab))
+    except ValueError as exc:
         fail(str(exc))
 
 
@@ -94,6 +110,8 @@ def listen(
     store: Path = typer.Option(Path("ichdet-store"), help="the same store as `ichdet serve`"),
     quiet_seconds: float = typer.Option(10.0, help="a study is complete after this silence"),
     send_to: str | None = typer.Option(None, help="AET@HOST:PORT for the SR and key slices"),
+    series: str = typer.Option("best", help="best | all: the series read (as predict)"),
+    slab: str = typer.Option("auto", help="thin series as slabs: off | auto | MM (as predict)"),
     workers: int = typer.Option(1, help="studies predicted at once"),
 ) -> None:
     """A DICOM Storage SCP: predict studies as they arrive (C-STORE), send back a DICOM SR and
@@ -113,6 +131,7 @@ def listen(
         ae_title=ae_title,
         quiet_seconds=quiet_seconds,
         send_to=_destination(send_to),
+        selection=_selection(series, slab),
     )
     ctx = Context(_runner(model, store), settings)
     ctx.start()

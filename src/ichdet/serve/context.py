@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ichdet.inference.runners import Runner
+from ichdet.selection.choose import SelectionOptions
 from ichdet.serve.metrics import Metrics
 from ichdet.serve.outbox import Destination, Outbox
 from ichdet.serve.results import DicomResults
@@ -32,6 +33,7 @@ class Settings:
     ae_title: str = "ICHDET"
     quiet_seconds: float = 10.0
     send_to: str | None = None  # AET@HOST:PORT for the SR and Secondary Captures
+    selection: SelectionOptions | None = None  # which series are read (predict's default)
 
 
 class Context:
@@ -50,6 +52,7 @@ class Context:
             settings.workers,
             self.metrics.done,
             settings.retention_days,
+            settings.selection,
         )
         self.outbox = None
         if settings.send_to:

@@ -24,6 +24,7 @@ import pandas as pd
 from ichdet.inference.predict import PredictResult, predict
 from ichdet.inference.runners import Runner
 from ichdet.labels import LABELS
+from ichdet.selection.choose import SelectionOptions
 from ichdet.serve.store import Store
 
 log = logging.getLogger("ichdet.serve")
@@ -106,9 +107,10 @@ class Processor:
         workers: int = 1,
         on_done: Callable[[str, float, bool], None] | None = None,
         retention_days: float = 0.0,
+        selection: SelectionOptions | None = None,
     ):
         self.runner, self.store, self.root = runner, store, root
-        self.workers, self.on_done = workers, on_done
+        self.workers, self.on_done, self.selection = workers, on_done, selection
         self.retention = retention_days * 86400
         self.last_cleanup = 0.0
         #: called with (study id, prediction) after a study is done (DICOM results)
@@ -161,7 +163,7 @@ class Processor:
         try:
             out = folder / "result"
             shutil.rmtree(out, ignore_errors=True)  # a rerun after a crash starts clean
-            result = predict(self.runner, folder / "files", out)
+            result = predict(self.runner, folder / "files", out, selection=self.selection)
             if result.studies.empty:
                 raise ValueError("no slice could be read")
             summary = summarise(result, self.runner)
