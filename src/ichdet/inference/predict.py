@@ -41,6 +41,7 @@ class PredictResult:
     files: dict[str, Path]
     missing: int = 0  # sample-submission images that were not predicted
     inputs: pd.DataFrame | None = None  # every image found (all series), read or not
+    series: pd.DataFrame | None = None  # series.csv: every series, read or not, and why
 
 
 @dataclass
@@ -195,11 +196,7 @@ def predict(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     given = load_input(data, workers=workers)
-    options = selection or SelectionOptions()
-    options = replace(options, training_mm=options.training_mm or runner.slice_spacing)
-    if given.sample is not None:  # every test image needs its prediction
-        options = replace(options, series="off")
-    plan = plan_reads(given.index, given.others, options)
+    plan = plan_reads(given.index, given.others, _options(selection, runner, given))
     if total:
         total(len(plan.rows))
     scores = score_series(runner, plan.rows, workers, progress, plan.decoded)
@@ -228,8 +225,24 @@ def predict(
     errors_df = pd.DataFrame(error_rows, columns=["source", "reason"])
     files = write_outputs(out, {**frames, "errors": errors_df}, runner)
     return PredictResult(
-        plan.rows, slices, studies, errors_df, submission, files, missing, given.index
+        plan.rows,
+        slices,
+        studies,
+        errors_df,
+        submission,
+        files,
+        missing,
+        given.index,
+        frames["series"],
     )
+
+
+def _options(selection: SelectionOptions | None, runner: Runner, given: Input) -> SelectionOptions:
+    """The selection options of a run: the model's training spacing unless given; a Kaggle
+    test set read whole (every test image needs its prediction)."""
+    options = selection or SelectionOptions()
+    options = replace(options, training_mm=options.training_mm or runner.slice_spacing)
+    return replace(options, series="off") if given.sample is not None else options
 
 
 def _slice_table(scores: Scores, rows: pd.DataFrame) -> pd.DataFrame:

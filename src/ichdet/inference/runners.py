@@ -26,6 +26,7 @@ from ichdet.inference.series import (
     stage_thresholds,
 )
 from ichdet.labels import LABELS
+from ichdet.selection.choose import DEFAULT_TRAINING_MM
 
 if TYPE_CHECKING:
     from torch import nn
@@ -69,14 +70,11 @@ class Runner(Protocol):
         ...
 
 
-#: The training slice spacing assumed for models that did not record one: RSNA's 5 mm.
-DEFAULT_SPACING_MM = 5.0
-
-
 def training_spacing(values: Sequence[Any]) -> float:
-    """The models' recorded training spacing (their median), else ``DEFAULT_SPACING_MM``."""
+    """The models' recorded training spacing (their median); RSNA's 5 mm for models that
+    recorded none."""
     known = [float(v) for v in values if isinstance(v, int | float) and v > 0]
-    return float(np.median(known)) if known else DEFAULT_SPACING_MM
+    return float(np.median(known)) if known else DEFAULT_TRAINING_MM
 
 
 def default_thresholds() -> dict[str, float]:

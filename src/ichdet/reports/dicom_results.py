@@ -310,10 +310,8 @@ def write_study_results(
     ``out/<study>/`` (a UID that is not a plain id is hashed); returns (files, failures)."""
     from ichdet.util.names import path_component
 
-    sources = dict(zip(result.index["image_id"], result.index["source"], strict=True))
-    decode = dict(zip(result.index["image_id"], frame_rows(result.index), strict=True))
+    sources, decode, references = result_inputs(result)
     by_study = dict(tuple(result.slices.groupby("study_id", sort=False)))
-    references = study_references(result)
     paths: list[Path] = []
     failed: list[tuple[str, str]] = []
     for _, study in result.studies.iterrows():
@@ -334,11 +332,15 @@ def write_study_results(
     return paths, failed
 
 
-def study_references(result: Any) -> dict[str, str]:
-    """One instance (its source) of every study of a prediction, read or not."""
-    frame = result.inputs if getattr(result, "inputs", None) is not None else result.index
-    if not len(frame):
-        return {}
-    return {
-        str(k): str(v) for k, v in frame.groupby("study_id", sort=False)["source"].first().items()
-    }
+def result_inputs(
+    result: Any,
+) -> tuple[dict[str, str], dict[str, tuple[str, str, str]], dict[str, str]]:
+    """What the DICOM results of a prediction read: the source of each slice read, its decode
+    row (a slab's slices), and one instance of every study, read or not (for the SR of a study
+    not assessed)."""
+    rows = result.index
+    sources = dict(zip(rows["image_id"], rows["source"], strict=True))
+    decode = dict(zip(rows["image_id"], frame_rows(rows), strict=True))
+    frame = result.inputs if result.inputs is not None else rows
+    first = frame.groupby("study_id", sort=False)["source"].first() if len(frame) else {}
+    return sources, decode, {str(k): str(v) for k, v in dict(first).items()}

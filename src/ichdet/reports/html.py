@@ -28,6 +28,7 @@ from ichdet.dicom.read import read_hu  # noqa: E402
 from ichdet.dicom.sources import read_source  # noqa: E402
 from ichdet.labels import LABELS  # noqa: E402
 from ichdet.reports.heatmaps import HeatMapper, overlay  # noqa: E402
+from ichdet.selection.choose import series_label  # noqa: E402
 from ichdet.util.atomic import write_text  # noqa: E402
 
 DISPLAY = 256  # pixels per panel in the report
@@ -156,15 +157,14 @@ def series_section(summary: pd.Series, series: pd.DataFrame | None) -> str:
     if series is None or not len(series):
         return out
     rows = "".join(
-        f"<tr class='{'' if str(f['read']) == 'True' else 'muted'}'>"
-        f"<td>{esc(str(f.get('series_number', '')))}</td><td>{esc(str(f['description']))}</td>"
-        f"<td>{esc(str(f['slices']))}</td><td>{'read' if str(f['read']) == 'True' else '-'}</td>"
+        f"<tr class='{'' if f['read'] else 'muted'}'>"
+        f"<td>{esc(series_label(f))}</td>"
+        f"<td>{esc(str(f['slices']))}</td><td>{'read' if f['read'] else '-'}</td>"
         f"<td>{esc(str(f['reason']))}</td></tr>"
         for _, f in series.iterrows()
     )
     return out + (
-        "<table><tr><th>#</th><th>description</th><th>slices</th><th>read</th>"
-        f"<th>why</th></tr>{rows}</table>"
+        f"<table><tr><th>series</th><th>slices</th><th>read</th><th>why</th></tr>{rows}</table>"
     )
 
 

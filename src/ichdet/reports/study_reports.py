@@ -34,7 +34,8 @@ def write_reports(
     # one pass over the tables, not one scan of them per study
     index_by_study = dict(tuple(result.index.groupby("study_id", sort=False)))
     slices_by_study = dict(tuple(result.slices.groupby("study_id", sort=False)))
-    series_by_study = dict(tuple(_series(result).groupby("study_id", sort=False)))
+    table = result.series if result.series is not None else pd.DataFrame(columns=["study_id"])
+    series_by_study = dict(tuple(table.groupby("study_id", sort=False)))
     paths, failed = [], []
     for _, summary in result.studies.iterrows():
         study_id = str(summary["study_id"])
@@ -81,11 +82,3 @@ def _one_report(
         series_stage=runner.series is not None,
         series=series_table,
     )
-
-
-def _series(result: PredictResult) -> pd.DataFrame:
-    """The prediction's series.csv (empty when it has none)."""
-    path = result.files.get("series")
-    if path is None or not Path(path).is_file():
-        return pd.DataFrame(columns=["study_id"])
-    return pd.read_csv(path, dtype={"study_id": str, "series_id": str}, keep_default_na=False)

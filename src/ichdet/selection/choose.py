@@ -112,13 +112,16 @@ def _by_study(records: list[dict]) -> dict[str, list[dict]]:
 
 
 def _choose(
-    records: list[dict], index: pd.DataFrame, options: SelectionOptions, checker: Checker | None
+    records: list[dict],
+    index: pd.DataFrame,
+    options: SelectionOptions,
+    checker: Checker | None,
+    training: float,
 ) -> None:
     """Fill in ``read`` and ``reason`` (and the image measures) of every series record."""
     for f in records:
         f.update(read=False, reason=f["problems"])
     positions = index.groupby(["study_id", "series_id"], sort=False).indices
-    training = options.training_mm or DEFAULT_TRAINING_MM
     for series in _by_study(records).values():
         if options.series == "off":
             candidates = [f for f in series if f["slices"] > 0]
@@ -182,7 +185,7 @@ def _study(series: list[dict]) -> dict:
         "status": ASSESSED if read else NOT_ASSESSABLE,
         "reason": "" if read else _study_reason(series),
         "series_read": "; ".join(series_label(f) for f in read),
-        "notes": "; ".join(dict.fromkeys(n for n in notes if n and n != "nan")),
+        "notes": "; ".join(dict.fromkeys(n for n in notes if n)),
     }
 
 
@@ -198,7 +201,7 @@ def plan_reads(
     if "kind" not in index:
         index = index.assign(kind="dicom")
     records = series_records(index, others)
-    _choose(records, index, options, checker if options.image_check else None)
+    _choose(records, index, options, checker if options.image_check else None, training)
     for f in records:
         f["slab_slices"] = slab_size(f["spacing_mm"], options.slab, training) if f["read"] else 1
     positions = index.groupby(["study_id", "series_id"], sort=False).indices

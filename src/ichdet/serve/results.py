@@ -24,15 +24,11 @@ class DicomResults:
         if job is None or job.origin != "dicom":
             return
         from ichdet import __version__
-        from ichdet.reports.dicom_results import dicom_results, write_datasets
+        from ichdet.reports.dicom_results import dicom_results, result_inputs, write_datasets
 
         study = result.studies.iloc[0]
-        from ichdet.inference.decode import frame_rows
-        from ichdet.reports.dicom_results import study_references
-
-        sources = dict(zip(result.index["image_id"], result.index["source"], strict=True))
-        decode = dict(zip(result.index["image_id"], frame_rows(result.index), strict=True))
-        reference = study_references(result).get(str(study["study_id"]))
+        sources, decode, references = result_inputs(result)
+        reference = references.get(str(study["study_id"]))
         thresholds = self.runner.study_thresholds
         datasets = dicom_results(
             self.runner,

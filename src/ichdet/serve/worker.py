@@ -36,13 +36,9 @@ def _series(result: PredictResult) -> list[dict[str, Any]]:
     """Every series of the study: how a person names it, read or not, and why."""
     from ichdet.selection.choose import series_label
 
-    path = result.files.get("series")
-    if path is None or not Path(path).is_file():
-        return []
-    table = pd.read_csv(path, dtype={"study_id": str, "series_id": str}, keep_default_na=False)
-    table["series_number"] = pd.to_numeric(table["series_number"], errors="coerce")
+    table = result.series if result.series is not None else pd.DataFrame()
     return [
-        {"series": series_label(f), "read": str(f["read"]) == "True", "reason": str(f["reason"])}
+        {"series": series_label(f), "read": bool(f["read"]), "reason": str(f["reason"])}
         for _, f in table.iterrows()
     ]
 
@@ -221,7 +217,10 @@ def stored_result(folder: Path) -> PredictResult:
     studies = pd.read_csv(folder / "result" / "studies.csv", dtype=ids, keep_default_na=False)
     for name in LABELS:  # "" where the study was not assessable
         studies[name] = pd.to_numeric(studies[name], errors="coerce")
+    series = pd.read_csv(folder / "result" / "series.csv", dtype=ids, keep_default_na=False)
+    series["read"] = series["read"].astype(str) == "True"
+    series["series_number"] = pd.to_numeric(series["series_number"], errors="coerce")
     inputs = build_index(folder / "files")[0]
     errors = pd.DataFrame(columns=["source", "reason"])
-    files = {"series": folder / "result" / "series.csv"}
-    return PredictResult(read_rows(slices, inputs), slices, studies, errors, None, files, 0, inputs)
+    rows = read_rows(slices, inputs)
+    return PredictResult(rows, slices, studies, errors, None, {}, 0, inputs, series)
