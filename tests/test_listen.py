@@ -124,7 +124,9 @@ def test_a_study_sent_over_dicom_comes_back_as_sr_and_secondary_captures(
     ctx, port = service(send_to=f"RECV@127.0.0.1:{receiver.port}")
     sent = [pydicom.dcmread(p) for p in paths]
     sent[3] = pydicom.dcmread(tmp_path / "jpeg.dcm")
-    assoc = _sender([ExplicitVRLittleEndian, JPEGLosslessSV1]).associate("127.0.0.1", port)
+    assoc = _sender([ExplicitVRLittleEndian, JPEGLosslessSV1]).associate(
+        "127.0.0.1", port, ae_title="ICHDET"
+    )
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0x0000
     for ds in [*sent, sent[0]]:  # and one duplicate
@@ -157,7 +159,7 @@ def test_a_study_sent_over_dicom_comes_back_as_sr_and_secondary_captures(
 def test_refused_objects_leave_the_association_usable(service, tmp_path):
     paths = ct_study(tmp_path / "study", slices=3)
     ctx, port = service()
-    assoc = _sender().associate("127.0.0.1", port)
+    assoc = _sender().associate("127.0.0.1", port, ae_title="ICHDET")
     mr_context = [c for c in assoc.rejected_contexts if c.abstract_syntax == MRImageStorage]
     assert mr_context  # other SOP classes are refused at association
     not_ct = pydicom.dcmread(paths[0])
@@ -174,7 +176,7 @@ def test_interleaved_studies_and_an_aborted_association(service, tmp_path):
     a = ct_study(tmp_path / "a", slices=4, seed=1)
     b = ct_study(tmp_path / "b", slices=6, seed=2)
     ctx, port = service()
-    assoc = _sender().associate("127.0.0.1", port)
+    assoc = _sender().associate("127.0.0.1", port, ae_title="ICHDET")
     for pa, pb in zip(a, b[:4], strict=True):  # interleaved on one association
         assert assoc.send_c_store(pydicom.dcmread(pa)).Status == 0x0000
         assert assoc.send_c_store(pydicom.dcmread(pb)).Status == 0x0000
@@ -206,7 +208,7 @@ def test_results_wait_in_the_outbox_until_the_destination_is_up(service, tmp_pat
     paths = ct_study(tmp_path / "study", slices=3)
     down = free_port()
     ctx, port = service(send_to=f"RECV@127.0.0.1:{down}")
-    assoc = _sender().associate("127.0.0.1", port)
+    assoc = _sender().associate("127.0.0.1", port, ae_title="ICHDET")
     for p in paths:
         assoc.send_c_store(pydicom.dcmread(p))
     assoc.release()

@@ -29,7 +29,9 @@ def client_for(model_and_studies, tmp_path):
     clients = []
 
     def make(**settings):
-        app = create_app(runner, Settings(store=tmp_path / "store", **settings))
+        app = create_app(
+            runner, Settings(store=tmp_path / "store", allowed_hosts=("testserver",), **settings)
+        )
         client = TestClient(app)
         client.__enter__()  # runs the lifespan: workers start
         clients.append(client)
@@ -201,11 +203,14 @@ def test_studies_left_running_by_a_dead_server_are_processed_after_restart(
     store = Store(f"sqlite:///{tmp_path / 'store' / 'ichdet.db'}")
     with store.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE studies SET status='running', result=NULL")
-    (tmp_path / "store" / "incoming-x").mkdir()
+    mine = client.app.state.ctx.incoming_prefix + "x"
+    (tmp_path / "store" / mine).mkdir()
+    (tmp_path / "store" / "incoming-other-server-x").mkdir()  # not this server's to sweep
     client = client_for()
     body = _wait(client, study_id)
     assert body["status"] == "done" and store.get(study_id).attempts == 2
-    assert not (tmp_path / "store" / "incoming-x").exists()
+    assert not (tmp_path / "store" / mine).exists()
+    assert (tmp_path / "store" / "incoming-other-server-x").exists()
 
 
 def test_log_lines_carry_no_patient_ids(client_for, model_and_studies, caplog):

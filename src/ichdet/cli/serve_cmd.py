@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -13,43 +13,85 @@ from ichdet.cli.common import console, fail
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+Model = Annotated[Path, typer.Argument(help="a run folder or an .onnx model")]
+Store = Annotated[Path, typer.Option(help="jobs (SQLite), uploads and results; 0700 on disk")]
+Workers = Annotated[int, typer.Option(help="studies predicted at once")]
+AeTitle = Annotated[str, typer.Option(help="the listener's AE title (the called AE title)")]
+Quiet = Annotated[float, typer.Option(help="a study is complete after this silence")]
+SendTo = Annotated[str | None, typer.Option(help="AET@HOST:PORT for the SR and key slices")]
+Series = Annotated[str, typer.Option(help="best | all: the series read (as predict)")]
+Slab = Annotated[str, typer.Option(help="thin series as slabs: off | auto | MM (as predict)")]
+Allow = Annotated[
+    list[str], typer.Option("--allow", help="a DICOM peer allowed in: AET or AET@HOST (repeat)")
+]
+AllowFile = Annotated[
+    Path | None, typer.Option(help="allowed DICOM peers: AET or AET@HOST, one a line")
+]
+AllowAny = Annotated[
+    bool, typer.Option("--dicom-allow-any", help="any calling AE title (warns; not with a token)")
+]
+TlsFile = Annotated[Path | None, typer.Option(help="DICOM TLS: PEM file")]
+Limits = Annotated[
+    list[str],
+    typer.Option(
+        "--dicom-limit",
+        help="KEY=VALUE (repeat): max_instance_mb, max_instances_per_study, min_free_mb, "
+        "max_associations, acse_timeout, dimse_timeout, network_timeout",
+    ),
+]
+Database = Annotated[
+    str | None, typer.Option(help="SQLAlchemy URL (postgresql+psycopg://...) shared by servers")
+]
+ServerId = Annotated[
+    str | None, typer.Option(help="this server's id in a shared database (default host:ports)")
+]
+Hosts = Annotated[
+    list[str], typer.Option("--allowed-host", help="a Host header name to accept (repeat)")
+]
+
+
 def serve(
-    model: Path = typer.Argument(..., help="a run folder or an .onnx model"),
-    host: str = typer.Option(
-        "127.0.0.1", help="address to bind (other than loopback: --token-file)"
+    model: Model,
+    host: Annotated[str, typer.Option(help="address to bind (other than loopback: token)")] = (
+        "127.0.0.1"
     ),
-    port: int = typer.Option(8000),
-    store: Path = typer.Option(Path("ichdet-store"), help="jobs (SQLite), uploads and results"),
-    workers: int = typer.Option(1, help="studies predicted at once"),
-    token_file: Path | None = typer.Option(None, help="file holding the API bearer token"),
-    max_upload_mb: int = typer.Option(
-        2048, help="largest upload (a zip: also what it inflates to)"
-    ),
-    queue_size: int = typer.Option(100, help="queued studies before uploads get 429"),
-    retention_days: float = typer.Option(0, help="delete finished studies after this (0: keep)"),
-    dicom_port: int | None = typer.Option(None, help="also run the DICOM listener on this port"),
-    ae_title: str = typer.Option("ICHDET", help="the listener's AE title"),
-    quiet_seconds: float = typer.Option(10.0, help="a study is complete after this silence"),
-    send_to: str | None = typer.Option(None, help="AET@HOST:PORT for the SR and key slices"),
-    series: str = typer.Option("best", help="best | all: the series read (as predict)"),
-    slab: str = typer.Option("auto", help="thin series as slabs: off | auto | MM (as predict)"),
+    port: int = 8000,
+    store: Store = Path("ichdet-store"),
+    workers: Workers = 1,
+    token_file: Annotated[Path | None, typer.Option(help="the API bearer token (0600)")] = None,
+    max_upload_mb: Annotated[int, typer.Option(help="largest upload, zips inflated")] = 2048,
+    queue_size: Annotated[int, typer.Option(help="queued studies (HTTP + DICOM)")] = 100,
+    retention_days: Annotated[float, typer.Option(help="delete finished studies after")] = 0,
+    dicom_port: Annotated[int | None, typer.Option(help="also listen for DICOM here")] = None,
+    ae_title: AeTitle = "ICHDET",
+    quiet_seconds: Quiet = 10.0,
+    send_to: SendTo = None,
+    series: Series = "best",
+    slab: Slab = "auto",
+    allow: Allow = [],  # noqa: B006 - typer's list option
+    allow_file: AllowFile = None,
+    allow_any: AllowAny = False,
+    tls_cert: TlsFile = None,
+    tls_key: TlsFile = None,
+    tls_ca: TlsFile = None,
+    dicom_limit: Limits = [],  # noqa: B006
+    database: Database = None,
+    server_id: ServerId = None,
+    allowed_host: Hosts = [],  # noqa: B006
+    max_connections: Annotated[int, typer.Option(help="HTTP connections at once")] = 64,
 ) -> None:
     """Serve MODEL: upload, triage and review head CT studies (API under /api/v1, page at /)."""
-    import logging
-
-    import uvicorn
-
     from ichdet.serve.app import Settings, create_app
+    from ichdet.serve.http_server import run
 
-    token = None
-    if token_file is not None:
-        token = token_file.read_text().strip() if token_file.is_file() else ""
-        if not token:
-            fail(f"{token_file}: no token in it")
+    token = _start_process(token_file)
     if host not in LOOPBACK and token is None:
         fail(f"binding to {host} needs --token-file (the API would be open to the network)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    runner = _runner(model, store)
+    access = _access(allow, allow_file, allow_any, (tls_cert, tls_key, tls_ca), dicom_limit)
+    if dicom_port is not None:
+        _check_open_door(access, token, host)
+    elif access.peers or access.tls_cert:
+        fail("--allow and --tls-* are for the DICOM listener: add --dicom-port")
     settings = Settings(
         store=store,
         workers=workers,
@@ -63,9 +105,66 @@ def serve(
         quiet_seconds=quiet_seconds,
         send_to=_destination(send_to),
         selection=_selection(series, slab),
+        dicom_access=access,
+        database=database,
+        server_id=server_id,
+        allowed_hosts=tuple(allowed_host),
+        http_host=host,
+        http_port=port,
     )
+    runner = _runner(model, store)
     console.print(f"ichdet serve: {', '.join(runner.names)} on http://{host}:{port}/")
-    uvicorn.run(create_app(runner, settings), host=host, port=port, log_level="info")
+    run(create_app(runner, settings), host, port, max_connections)
+
+
+def _start_process(token_file: Path | None) -> str | None:
+    """Logging and private files for a service process; the token, checked."""
+    import logging
+
+    from ichdet.serve.privacy import TokenError, protect_process, read_token
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    protect_process()
+    if token_file is None:
+        return None
+    try:
+        return read_token(token_file)
+    except TokenError as exc:
+        fail(str(exc))
+
+
+def _access(
+    allow: list[str],
+    allow_file: Path | None,
+    allow_any: bool,
+    tls: tuple[Path | None, Path | None, Path | None],
+    limits: list[str],
+) -> Any:
+    """The DICOM door's settings from the command line, checked before anything starts."""
+    from ichdet.serve.dicom_access import DicomAccess, parse_limits, read_peers
+
+    cert, key, ca = tls
+    if (cert is None) != (key is None) or (ca is not None and cert is None):
+        fail("DICOM TLS needs --tls-cert and --tls-key (and --tls-ca for mutual TLS)")
+    try:
+        access = DicomAccess(read_peers(allow, allow_file), allow_any, cert, key, ca)
+        access.limits = parse_limits(limits)
+        access.ssl_context()  # the files load
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    return access
+
+
+def _check_open_door(access: Any, token: str | None, host: str) -> None:
+    """The DICOM port is not opened to everyone by accident."""
+    if not access.peers and not access.allow_any:
+        fail("the DICOM listener needs --allow AET[@HOST] (or --allow-file; --dicom-allow-any)")
+    if access.allow_any:
+        console.print("[yellow]warning: --dicom-allow-any: any DICOM peer can send studies[/]")
+    if token is not None and access.allow_any:
+        fail("--token-file protects HTTP only: give the DICOM port an --allow list too")
+    if host not in LOOPBACK and access.tls_cert is None:
+        console.print("[yellow]warning: DICOM without TLS beyond loopback (--tls-cert)[/]")
 
 
 def _runner(model: Path, store: Path) -> Any:
@@ -103,26 +202,37 @@ def _destination(text: str | None) -> str | None:
 
 
 def listen(
-    model: Path = typer.Argument(..., help="a run folder or an .onnx model"),
-    ae_title: str = typer.Option("ICHDET", help="the listener's AE title"),
-    port: int = typer.Option(11112),
-    host: str = typer.Option("127.0.0.1", help="address to bind"),
-    store: Path = typer.Option(Path("ichdet-store"), help="the same store as `ichdet serve`"),
-    quiet_seconds: float = typer.Option(10.0, help="a study is complete after this silence"),
-    send_to: str | None = typer.Option(None, help="AET@HOST:PORT for the SR and key slices"),
-    series: str = typer.Option("best", help="best | all: the series read (as predict)"),
-    slab: str = typer.Option("auto", help="thin series as slabs: off | auto | MM (as predict)"),
-    workers: int = typer.Option(1, help="studies predicted at once"),
+    model: Model,
+    ae_title: AeTitle = "ICHDET",
+    port: int = 11112,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    store: Store = Path("ichdet-store"),
+    quiet_seconds: Quiet = 10.0,
+    send_to: SendTo = None,
+    series: Series = "best",
+    slab: Slab = "auto",
+    workers: Workers = 1,
+    allow: Allow = [],  # noqa: B006 - typer's list option
+    allow_file: AllowFile = None,
+    allow_any: AllowAny = False,
+    tls_cert: TlsFile = None,
+    tls_key: TlsFile = None,
+    tls_ca: TlsFile = None,
+    dicom_limit: Limits = [],  # noqa: B006
+    queue_size: Annotated[int, typer.Option(help="queued studies before C-STOREs wait")] = 100,
+    database: Database = None,
+    server_id: ServerId = None,
 ) -> None:
     """A DICOM Storage SCP: predict studies as they arrive (C-STORE), send back a DICOM SR and
-    Secondary Capture key slices."""
-    import logging
+    Secondary Capture key slices. Only the peers on the allow list may send."""
     import signal
     import threading
 
     from ichdet.serve.context import Context, Settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _start_process(None)
+    access = _access(allow, allow_file, allow_any, (tls_cert, tls_key, tls_ca), dicom_limit)
+    _check_open_door(access, None, host)
     settings = Settings(
         store=store,
         workers=workers,
@@ -132,6 +242,11 @@ def listen(
         quiet_seconds=quiet_seconds,
         send_to=_destination(send_to),
         selection=_selection(series, slab),
+        dicom_access=access,
+        queue_size=queue_size,
+        database=database,
+        server_id=server_id,
+        http_port=0,
     )
     ctx = Context(_runner(model, store), settings)
     ctx.start()

@@ -1,12 +1,16 @@
 """The REST API under ``/api/v1`` (and ``/healthz``, ``/metrics``): routes over the app's
-:class:`Context`. Study ids in URLs are internal 32-hex ids; anything else is a 404."""
+:class:`Context`. Study ids in URLs are internal 32-hex ids; anything else is a 404.
+
+Authentication, the Host and Origin checks and the body cap happen before any route, in
+``ichdet.serve.security``; the routes record who read or changed which study in the audit log.
+The worklist carries patient name and id, accession, study date and description: a caller gets
+here only with the token (or on the loopback service without one, as the local user)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
-import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,42 +18,34 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ichdet.serve.context import Context
 from ichdet.serve.images import VIEW_WINDOWS, slice_png
-from ichdet.serve.store import Job
+from ichdet.serve.store import SORTS, Job
 from ichdet.serve.uploads import UploadError, UploadLimits, expand_zips, save_parts, split_studies
 
 log = logging.getLogger("ichdet.serve")
 ID = re.compile(r"[0-9a-f]{32}")
-_bearer = HTTPBearer(auto_error=False)
+SORT_PATTERN = "^(triage|" + "|".join(f"-?{k}" for k in SORTS) + ")$"
 
 
 def context(request: Request) -> Context:
     return request.app.state.ctx
 
 
-def auth(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
-) -> None:
-    """With a token configured, every call needs ``Authorization: Bearer <token>``."""
-    token = context(request).settings.token
-    if token is None:
-        return
-    given = credentials.credentials if credentials else ""
-    if not secrets.compare_digest(given.encode(), token.encode()):
-        raise HTTPException(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
+def actor(request: Request) -> str:
+    """Who calls (set by the security middleware): ``token:<hash>`` or ``local``."""
+    return str(getattr(request.state, "actor", "local"))
 
 
-router = APIRouter(dependencies=[Depends(auth)])
+router = APIRouter()
 public = APIRouter()
 
 
 def job_or_404(ctx: Context, study_id: str) -> Job:
     job = ctx.store.get(study_id) if ID.fullmatch(study_id) else None
-    if job is None:
+    if job is None or job.status == "deleting":
         raise HTTPException(404, "no such study")
     return job
 
@@ -62,6 +58,8 @@ def public_view(job: Job, full: bool) -> dict[str, Any]:
         "received": job.received,
         "finished": job.finished,
         "files": job.files,
+        "version": job.version,
+        "patient": job.patient,
     }
     if job.reason:
         out["reason"] = job.reason
@@ -71,6 +69,7 @@ def public_view(job: Job, full: bool) -> dict[str, Any]:
         keys = ["probabilities", "flags", "key_slices", "thresholds", "warning", "series_stage"]
         keys += ["not_assessable", "notes"]
         out.update({k: r[k] for k in keys if k in r})
+        out["series_read"] = ", ".join(s["series"] for s in r.get("series", []) if s["read"])
         if full:
             out["slices"] = [{k: s[k] for k in ("n", "z", "probabilities")} for s in r["slices"]]
             out["models"] = r["models"]
@@ -79,25 +78,31 @@ def public_view(job: Job, full: bool) -> dict[str, Any]:
 
 
 @router.post("/api/v1/studies", status_code=202)
-def upload(files: list[UploadFile] = File(...), ctx: Context = Depends(context)) -> Any:
+def upload(
+    request: Request, files: list[UploadFile] = File(...), ctx: Context = Depends(context)
+) -> Any:
     """DICOM files (form field ``files``, repeated) or one .zip: one job per study found."""
-    if ctx.store.count("queued") >= ctx.settings.queue_size:
+    if ctx.queue_room() <= 0:
         ctx.metrics.refused.labels("429").inc()
         return JSONResponse({"detail": "queue full; retry later"}, 429, {"Retry-After": "10"})
-    tmp = Path(tempfile.mkdtemp(dir=ctx.settings.store, prefix="incoming-"))
+    tmp = Path(tempfile.mkdtemp(dir=ctx.settings.store, prefix=ctx.incoming_prefix))
     try:
         limits = UploadLimits(ctx.settings.max_upload_bytes)
         save_parts((f.file for f in files), tmp / "files", limits)
         expand_zips(tmp / "files", limits)
-        found, skipped = split_studies(tmp / "files", ctx.studies)
+        found, skipped = split_studies(
+            tmp / "files", ctx.studies, ctx.settings.owner, ctx.queue_room()
+        )
     except UploadError as exc:
         ctx.metrics.refused.labels(str(exc.status)).inc()
         log.info("upload refused (%d)", exc.status)
-        return JSONResponse({"detail": exc.reason}, exc.status)
+        retry = {"Retry-After": "10"} if exc.status == 429 else None
+        return JSONResponse({"detail": exc.reason}, exc.status, retry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for study_id, count in found:
         ctx.store.add(study_id, count)
+        ctx.audit.record(actor(request), "upload", study_id)
         log.info("study %s queued (%d files, %d skipped)", study_id, count, len(skipped))
     ctx.processor.wake.set()
     answers = [{"id": i, "status": "queued", "files": n} for i, n in found]
@@ -106,34 +111,56 @@ def upload(files: list[UploadFile] = File(...), ctx: Context = Depends(context))
 
 @router.get("/api/v1/studies")
 def worklist(
+    request: Request,
     offset: int = Query(0, ge=0),
     limit: int = Query(50, ge=1, le=500),
+    q: str = Query("", max_length=100, description="patient name or id, accession, description"),
+    sort: str = Query("triage", pattern=SORT_PATTERN),
     ctx: Context = Depends(context),
 ) -> Any:
-    """Studies, flagged first, then by p(any), then newest; paged."""
-    jobs, total = ctx.store.worklist(offset, limit)
+    """Studies (triage order: flagged first, then by p(any), then newest; or by a column,
+    ``-column`` descending), searched by ``q``; paged. Every view is audited."""
+    jobs, total = ctx.store.worklist(offset, limit, q, sort)
+    ctx.audit.record(actor(request), "worklist")
     return {"total": total, "offset": offset, "items": [public_view(j, False) for j in jobs]}
 
 
 @router.get("/api/v1/studies/{study_id}")
-def study(study_id: str, ctx: Context = Depends(context)) -> Any:
+def study(study_id: str, request: Request, ctx: Context = Depends(context)) -> Any:
     """Status; when done, the six probabilities, flags, key slices and the slices in z order."""
-    return public_view(job_or_404(ctx, study_id), full=True)
+    job = job_or_404(ctx, study_id)
+    ctx.audit.record(actor(request), "view", job.id)
+    return public_view(job, full=True)
 
 
 @router.delete("/api/v1/studies/{study_id}", status_code=204)
-def delete(study_id: str, ctx: Context = Depends(context)) -> Response:
-    if job_or_404(ctx, study_id).status == "running":
+def delete(study_id: str, request: Request, ctx: Context = Depends(context)) -> Response:
+    """Marked deleting first (a crash cannot bring it back), then its files, then its row."""
+    job = job_or_404(ctx, study_id)
+    if job.status == "deleting":
+        return Response(status_code=204)
+    if not ctx.store.mark_deleting(job.id):
         raise HTTPException(409, "the study is being processed; delete it afterwards")
-    ctx.store.delete(study_id)
-    shutil.rmtree(ctx.studies / study_id, ignore_errors=True)
+    ctx.audit.record(actor(request), "delete", job.id)
+    ctx.processor.delete(job.id)
     return Response(status_code=204)
 
 
+@router.get("/api/v1/audit")
+def audit(
+    study: str | None = Query(None, pattern="^[0-9a-f]{32}$"),
+    limit: int = Query(1000, ge=1, le=10000),
+    ctx: Context = Depends(context),
+) -> Any:
+    """The audit log, newest first: who read or changed which study, and when."""
+    return {"events": ctx.audit.events(study, limit=limit)}
+
+
 @router.get("/api/v1/studies/{study_id}/report")
-def report(study_id: str, ctx: Context = Depends(context)) -> Any:
+def report(study_id: str, request: Request, ctx: Context = Depends(context)) -> Any:
     """The self-contained HTML report (written on first request)."""
     job = job_or_404(ctx, study_id)
+    ctx.audit.record(actor(request), "report", job.id)
     if job.status != "done":
         raise HTTPException(409, f"the study is {job.status}")
     try:
@@ -182,8 +209,13 @@ def metrics(ctx: Context = Depends(context)) -> Response:
 
 @public.get("/healthz")
 def healthz(ctx: Context = Depends(context)) -> Any:
-    return {
-        "status": "ok",
+    """200 while every part runs; 503 naming the parts that are down (they are restarted)."""
+    down = ctx.down()
+    body = {
+        "status": "down" if down else "ok",
         "queued": ctx.store.count("queued"),
         "running": ctx.store.count("running"),
     }
+    if down:
+        return JSONResponse({**body, "down": down}, 503)
+    return body

@@ -2,10 +2,12 @@
 ``/healthz`` and ``/metrics``, over a :class:`Store` (jobs), a folder (files) and a
 :class:`Processor` (worker threads with the model, loaded once).
 
-Uploads are checked, written to disk and queued before the 202 answer; a full queue answers 429
-with Retry-After. At start, half-received uploads are removed and studies a killed server left
-running are queued again. Log lines carry internal ids and counts only; CORS is closed (no
-cross-origin headers are sent).
+Every request passes ``ichdet.serve.security.Guard`` first (Host, Origin, token, body cap,
+security headers). Uploads are checked, written to disk and queued before the 202 answer; a
+full queue answers 429 with Retry-After. At start, this server's half-received uploads are
+removed and the studies it left running are queued again. Log lines carry internal ids and
+counts only; CORS is closed (no cross-origin headers are sent); there is no ``/docs`` (Swagger
+UI would load from a CDN) and ``/openapi.json`` needs the token.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import HTMLResponse, Response
 
 from ichdet.inference.runners import Runner
 from ichdet.serve.api import public, router
 from ichdet.serve.context import Context, Settings
+from ichdet.serve.security import Guard, allowed_hosts
 
 STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
 
@@ -36,21 +38,15 @@ def create_app(runner: Runner, settings: Settings) -> FastAPI:
         yield
         ctx.stop()
 
-    app = FastAPI(title="ichdet", version="1", lifespan=lifespan)
+    app = FastAPI(title="ichdet", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.ctx = ctx
-
-    @app.middleware("http")
-    async def upload_size(request: Request, call_next: Any) -> Response:
-        """Refuse an oversized upload from its Content-Length, before reading its body."""
-        if request.method == "POST" and request.url.path == "/api/v1/studies":
-            length = request.headers.get("content-length")
-            if length is None:
-                return JSONResponse({"detail": "Content-Length is required"}, 411)
-            if not length.isdigit() or int(length) > settings.max_upload_bytes:
-                ctx.metrics.refused.labels("413").inc()
-                limit = settings.max_upload_bytes
-                return JSONResponse({"detail": f"upload over the {limit}-byte limit"}, 413)
-        return await call_next(request)
+    app.add_middleware(
+        Guard,
+        token=settings.token,
+        hosts=allowed_hosts(settings.http_host, settings.allowed_hosts),
+        max_body=settings.max_upload_bytes,
+        refused=lambda status: ctx.metrics.refused.labels(str(status)).inc(),
+    )
 
     app.include_router(router)
     app.include_router(public)

@@ -4,20 +4,27 @@ results, outbox) when configured."""
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ichdet.inference.runners import Runner
 from ichdet.selection.choose import SelectionOptions
+from ichdet.serve.audit import Audit
+from ichdet.serve.dicom_access import DicomAccess
 from ichdet.serve.metrics import Metrics
 from ichdet.serve.outbox import Destination, Outbox
 from ichdet.serve.results import DicomResults
 from ichdet.serve.store import Store
 from ichdet.serve.worker import Processor
+from ichdet.util.names import path_component
 
+log = logging.getLogger("ichdet.serve")
 _ID = re.compile(r"[0-9a-f]{32}")
+OWNER_FILE = "owner"
 
 
 @dataclass
@@ -34,6 +41,18 @@ class Settings:
     quiet_seconds: float = 10.0
     send_to: str | None = None  # AET@HOST:PORT for the SR and Secondary Captures
     selection: SelectionOptions | None = None  # which series are read (predict's default)
+    dicom_access: DicomAccess = field(default_factory=lambda: DicomAccess(allow_any=True))
+    database: str | None = None  # a SQLAlchemy URL; None: SQLite in the store folder
+    server_id: str | None = None  # the owner of this server's jobs; None: host name + port
+    allowed_hosts: tuple[str, ...] = ()  # Host header names beyond the bind address/localhost
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+
+    @property
+    def owner(self) -> str:
+        if self.server_id:
+            return self.server_id[:64]
+        return f"{socket.gethostname()}:{self.http_port}:{self.dicom_port or 0}"[:64]
 
 
 class Context:
@@ -42,8 +61,11 @@ class Context:
 
         self.runner, self.settings = runner, settings
         settings.store.mkdir(parents=True, exist_ok=True)
+        settings.store.chmod(0o700)  # patient data: the service's user only
         self.studies.mkdir(exist_ok=True)
-        self.store = Store(f"sqlite:///{settings.store / 'ichdet.db'}")
+        url = settings.database or f"sqlite:///{settings.store / 'ichdet.db'}"
+        self.store = Store(url, owner=settings.owner)
+        self.audit = Audit(self.store)
         self.metrics = Metrics(self.store)
         self.processor = Processor(
             runner,
@@ -54,11 +76,17 @@ class Context:
             settings.retention_days,
             settings.selection,
         )
+        self.processor.after_done.append(self._audit_done)
         self.outbox = None
         if settings.send_to:
             destination = Destination.parse(settings.send_to)
-            self.outbox = Outbox(settings.store / "outbox", destination, settings.ae_title)
-        self.processor.after.append(DicomResults(runner, self.store, self.studies, self.outbox))
+            self.outbox = Outbox(
+                settings.store / "outbox", destination, settings.ae_title, settings.owner
+            )
+            self.processor.on_delete.append(self.outbox.remove)
+        self.processor.before_done.append(
+            DicomResults(runner, self.store, self.studies, self.outbox)
+        )
         self.listener = None
         if settings.dicom_port is not None:
             self.listener = Listener(
@@ -69,11 +97,33 @@ class Context:
                 settings.dicom_host,
                 settings.dicom_port,
                 settings.quiet_seconds,
+                settings.dicom_access,
+                self.queue_room,
             )
 
     @property
     def studies(self) -> Path:
         return self.settings.store / "studies"
+
+    @property
+    def incoming_prefix(self) -> str:
+        """This server's temporary upload folders (``incoming-<owner>-*``)."""
+        return f"incoming-{path_component(self.settings.owner)}-"
+
+    def queue_room(self) -> int:
+        """Studies that may still be queued: one bound for HTTP uploads and DICOM studies."""
+        pending = self.listener.pending() if self.listener else 0
+        return self.settings.queue_size - self.store.count("queued") - pending
+
+    def down(self) -> dict[str, str]:
+        """The parts of the service that are down (``/healthz`` answers 503 while any is)."""
+        parts = [self.processor.supervisor]
+        parts += [self.listener.supervisor] if self.listener else []
+        parts += [self.outbox.supervisor] if self.outbox else []
+        return {k: v for p in parts for k, v in p.down().items()}
+
+    def _audit_done(self, study_id: str) -> None:
+        self.audit.record(f"server:{self.settings.owner}", "done", study_id)
 
     def start(self) -> None:
         self.sweep()
@@ -91,12 +141,18 @@ class Context:
             self.outbox.stop()
 
     def sweep(self) -> None:
-        """At start: remove half-received uploads; a study folder whose job row was never
-        written (a crash between the two) is queued now, so nothing received is lost."""
-        for tmp in self.settings.store.glob("incoming-*"):
+        """At start: remove this server's half-received uploads; a study folder of this server
+        whose job row was never written (a crash between the two) is queued now, so nothing
+        received is lost. Other servers' folders are theirs to sweep."""
+        for tmp in self.settings.store.glob(self.incoming_prefix + "*"):
             shutil.rmtree(tmp, ignore_errors=True)
+        for study_id in self.store.ids("held"):  # a merge of late instances cut short
+            self.store.move(study_id, ("held",), "queued")
         for folder in self.studies.iterdir():
             if not _ID.fullmatch(folder.name) or self.store.get(folder.name) is not None:
+                continue
+            owner = folder / OWNER_FILE
+            if owner.is_file() and owner.read_text() != self.settings.owner:
                 continue
             files = len(list((folder / "files").glob("*.dcm")))
             if not files:

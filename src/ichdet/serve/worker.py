@@ -26,8 +26,10 @@ from ichdet.inference.runners import Runner
 from ichdet.labels import LABELS
 from ichdet.selection.choose import SelectionOptions
 from ichdet.serve.store import Store
+from ichdet.serve.supervise import Supervisor
 
 log = logging.getLogger("ichdet.serve")
+HEARTBEAT_SECONDS = 10.0
 #: matplotlib's pyplot (the report's curves) is not thread-safe: one report at a time.
 _REPORT_LOCK = threading.Lock()
 
@@ -93,7 +95,9 @@ def summarise(result: PredictResult, runner: Runner) -> dict[str, Any]:
 
 
 class Processor:
-    """``workers`` threads running the model over queued studies."""
+    """``workers`` threads running the model over queued studies, and a heartbeat thread that
+    renews this server's leases, takes back jobs of servers that are gone and applies
+    retention; all under a :class:`Supervisor`."""
 
     def __init__(
         self,
@@ -109,51 +113,76 @@ class Processor:
         self.workers, self.on_done, self.selection = workers, on_done, selection
         self.retention = retention_days * 86400
         self.last_cleanup = 0.0
-        #: called with (study id, prediction) after a study is done (DICOM results)
-        self.after: list[Callable[[str, PredictResult], None]] = []
+        #: called with (study id, prediction) before a study is marked done (DICOM results);
+        #: what they write (the outbox) is never lost to a crash after the job is done
+        self.before_done: list[Callable[[str, PredictResult], None]] = []
+        #: called with (study id) when a study's files are deleted (its outbox entry)
+        self.on_delete: list[Callable[[str], None]] = []
+        #: called with (study id) once a study is marked done (the audit log)
+        self.after_done: list[Callable[[str], None]] = []
+        self.active: set[str] = set()  # the studies this server is predicting now
         self.wake = threading.Event()
         self.stopping = threading.Event()
-        self.threads: list[threading.Thread] = []
+        self.supervisor = Supervisor(self.stopping)
 
     def start(self) -> None:
         requeued = self.store.requeue_interrupted()
         if requeued:
             log.info("requeued %d interrupted studies", requeued)
+        for study_id in self.store.ids("deleting"):  # deletions a crash cut short
+            self.delete(study_id)
         for k in range(self.workers):
-            thread = threading.Thread(target=self._loop, name=f"ichdet-worker-{k}", daemon=True)
-            thread.start()
-            self.threads.append(thread)
+            self.supervisor.spawn(f"worker-{k}", self.step)
+        self.supervisor.spawn("heartbeat", self.beat, pause=HEARTBEAT_SECONDS)
         self.wake.set()
 
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
+        self.supervisor.join(timeout=30)
 
-    def _loop(self) -> None:
-        while not self.stopping.is_set():
-            study_id = self.store.claim_next()
-            if study_id is None:
-                self.cleanup()
-                self.wake.wait(timeout=1.0)
-                self.wake.clear()
-                continue
-            self.process(study_id)
+    def step(self) -> None:
+        study_id = self.store.claim_next()
+        if study_id is None:
+            self.wake.wait(timeout=1.0)
+            self.wake.clear()
+            return
+        self.process(study_id)
+
+    def beat(self) -> None:
+        self.store.beat(list(self.active))
+        if self.store.requeue_expired():
+            self.wake.set()
+        self.cleanup()
 
     def cleanup(self) -> None:
         """Retention: at most once a minute, delete finished studies past their time."""
         if not self.retention or time.time() - self.last_cleanup < 60:
             return
         self.last_cleanup = time.time()
-        old = self.store.older_than(self.retention)
+        old = [s for s in self.store.older_than(self.retention) if self.store.mark_deleting(s)]
         for study_id in old:
-            if self.store.delete(study_id):
-                shutil.rmtree(self.root / study_id, ignore_errors=True)
+            self.delete(study_id)
         if old:
             log.info("retention: deleted %d studies", len(old))
 
+    def delete(self, study_id: str) -> None:
+        """The rest of a deletion marked in the store: the files, the outbox entry, the row."""
+        shutil.rmtree(self.root / study_id, ignore_errors=True)
+        if (self.root / study_id).exists():
+            raise OSError(f"study {study_id}: its files could not be removed")
+        for hook in self.on_delete:
+            hook(study_id)
+        self.store.remove(study_id)
+
     def process(self, study_id: str) -> None:
+        self.active.add(study_id)
+        try:
+            self._process(study_id)
+        finally:  # a study left running without its lease renewed goes back to the queue
+            self.active.discard(study_id)
+
+    def _process(self, study_id: str) -> None:
         folder = self.root / study_id
         started = time.perf_counter()
         try:
@@ -163,28 +192,32 @@ class Processor:
             if result.studies.empty:
                 raise ValueError("no slice could be read")
             summary = summarise(result, self.runner)
+            for hook in self.before_done:
+                hook(study_id, result)
+            self._finish(study_id, summary, patient_columns(result))
         except Exception as exc:  # noqa: BLE001 - one study must never stop the service
             self.store.fail(study_id, f"{type(exc).__name__}: {exc}")
             log.warning("study %s failed (%s)", study_id, type(exc).__name__)
             self._done(study_id, started, ok=False)
             return
+        self._done(study_id, started, ok=True)
+
+    def _finish(self, study_id: str, summary: dict[str, Any], patient: dict[str, str]) -> None:
         if summary["assessable"]:
             flagged, p_any = any(summary["flags"].values()), summary["probabilities"]["any"]
         else:  # "not assessable" is a result, never a probability
             flagged, p_any = False, None
-        self.store.finish(study_id, summary, flagged, p_any)
+        if not self.store.finish(study_id, summary, flagged, p_any, patient):
+            log.warning("study %s: its lease went to another server; result dropped", study_id)
+            return
+        for hook in self.after_done:
+            hook(study_id)
         log.info(
             "study %s done (%d slices%s)",
             study_id,
             len(summary["slices"]),
             "" if summary["assessable"] else ", not assessable",
         )
-        self._done(study_id, started, ok=True)
-        for hook in self.after:
-            try:
-                hook(study_id, result)
-            except Exception as exc:  # noqa: BLE001 - the result stands without its extras
-                log.warning("study %s: %s failed (%s)", study_id, type(hook).__name__, exc)
 
     def _done(self, study_id: str, started: float, ok: bool) -> None:
         if self.on_done:
@@ -205,6 +238,24 @@ class Processor:
                 paths[0].replace(path)
                 shutil.rmtree(folder / "report", ignore_errors=True)
         return path
+
+
+def patient_columns(result: PredictResult) -> dict[str, str]:
+    """The worklist columns of a study, from the header of one of its files (patient data:
+    kept in the store, shown to authenticated callers only, never logged)."""
+    import pydicom
+
+    frame = result.inputs if result.inputs is not None else result.index
+    if frame is None or not len(frame):
+        return {}
+    ds = pydicom.dcmread(str(frame["source"].iloc[0]), stop_before_pixels=True)
+    return {
+        "patient_name": str(ds.get("PatientName", "") or ""),
+        "patient_id": str(ds.get("PatientID", "") or ""),
+        "accession": str(ds.get("AccessionNumber", "") or ""),
+        "study_date": str(ds.get("StudyDate", "") or ""),
+        "description": str(ds.get("StudyDescription", "") or ""),
+    }
 
 
 def stored_result(folder: Path) -> PredictResult:

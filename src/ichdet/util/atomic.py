@@ -18,6 +18,16 @@ def _default_mode() -> int:
 
 #: mkstemp creates files readable by the owner only; outputs get the usual permissions.
 FILE_MODE = _default_mode()
+
+
+def use_private_files() -> None:
+    """From now on, files and folders this process creates are its owner's only (umask 077,
+    atomic writes 0600): what a service that holds patient data sets at start."""
+    global FILE_MODE
+    os.umask(0o077)
+    FILE_MODE = 0o600
+
+
 _serial = itertools.count()
 
 

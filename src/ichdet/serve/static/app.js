@@ -3,7 +3,7 @@
 
 const LABELS = ["epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any"];
 const COLORS = ["#8c564b", "#d62728", "#9467bd", "#2ca02c", "#ff7f0e", "#000000"];
-const state = { study: null, n: 0, window: "brain", overlay: false, imageUrl: null };
+const state = { study: null, n: 0, window: "brain", overlay: false, imageUrl: null, sort: "triage", search: "" };
 const $ = (id) => document.getElementById(id);
 
 function token() { return sessionStorage.getItem("ichdet-token") || ""; }
@@ -47,7 +47,8 @@ function unassessableRow(item) {
 
 async function refresh() {
   try {
-    const response = await api("/api/v1/studies?limit=200");
+    const query = new URLSearchParams({ limit: "200", sort: state.sort, q: state.search });
+    const response = await api("/api/v1/studies?" + query.toString());
     if (!response.ok) return;
     const data = await response.json();
     const body = $("worklist").querySelector("tbody");
@@ -63,7 +64,9 @@ async function refresh() {
       row.dataset.id = item.id;
       row.className = (item.flags && item.flags.any ? "flagged" : "") + (state.study && state.study.id === item.id ? " selected" : "");
       const p = item.probabilities ? item.probabilities.any.toFixed(3) : "";
-      const cells = [fmtTime(item.received), item.status + (item.reason ? " (" + item.reason + ")" : ""), p, flagText(item)];
+      const who = item.patient || {};
+      const cells = [who.patient_name, who.patient_id, who.accession, who.study_date, who.description, item.series_read,
+        fmtTime(item.received), item.status + (item.reason ? " (" + item.reason + ")" : ""), p, flagText(item)].map((t) => t || "");
       for (const text of cells) {
         const cell = document.createElement("td");
         cell.textContent = text;
@@ -231,6 +234,17 @@ for (const button of document.querySelectorAll("button.window")) {
   });
 }
 $("overlay").addEventListener("change", (e) => { state.overlay = e.target.checked; if (state.study) show(); });
+
+for (const th of document.querySelectorAll("#worklist th[data-sort]")) {
+  th.addEventListener("click", () => {  // a column sorts ascending, again descending, again triage
+    const key = th.dataset.sort;
+    state.sort = state.sort === key ? "-" + key : state.sort === "-" + key ? "triage" : key;
+    for (const other of document.querySelectorAll("#worklist th")) other.classList.remove("asc", "desc");
+    if (state.sort !== "triage") th.classList.add(state.sort.startsWith("-") ? "desc" : "asc");
+    refresh();
+  });
+}
+$("search").addEventListener("input", (e) => { state.search = e.target.value.trim(); refresh(); });
 
 refresh();
 setInterval(async () => {
