@@ -84,14 +84,9 @@ def serve(
     from ichdet.serve.app import Settings, create_app
     from ichdet.serve.http_server import run
 
-    token = _start_process(token_file)
-    if host not in LOOPBACK and token is None:
-        fail(f"binding to {host} needs --token-file (the API would be open to the network)")
+    token = _start_process(token_file, host)
     access = _access(allow, allow_file, allow_any, (tls_cert, tls_key, tls_ca), dicom_limit)
-    if dicom_port is not None:
-        _check_open_door(access, token, host)
-    elif access.peers or access.tls_cert:
-        fail("--allow and --tls-* are for the DICOM listener: add --dicom-port")
+    _serve_door(access, token, host, dicom_port)
     settings = Settings(
         store=store,
         workers=workers,
@@ -117,8 +112,16 @@ def serve(
     run(create_app(runner, settings), host, port, max_connections)
 
 
-def _start_process(token_file: Path | None) -> str | None:
-    """Logging and private files for a service process; the token, checked."""
+def _serve_door(access: Any, token: str | None, host: str, dicom_port: int | None) -> None:
+    if dicom_port is not None:
+        _check_open_door(access, token, host)
+    elif access.peers or access.tls_cert:
+        fail("--allow and --tls-* are for the DICOM listener: add --dicom-port")
+
+
+def _start_process(token_file: Path | None, host: str = "127.0.0.1") -> str | None:
+    """Logging and private files for a service process; the token, checked (an HTTP service
+    beyond loopback needs one)."""
     import logging
 
     from ichdet.serve.privacy import TokenError, protect_process, read_token
@@ -126,6 +129,8 @@ def _start_process(token_file: Path | None) -> str | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     protect_process()
     if token_file is None:
+        if host not in LOOPBACK:
+            fail(f"binding to {host} needs --token-file (the API would be open to the network)")
         return None
     try:
         return read_token(token_file)
