@@ -31,12 +31,27 @@ def token_actor(token: str) -> str:
     return "token:" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
+#: reads repeated by the same actor within this many seconds are one event (a page that polls
+#: the worklist every 2 s, a client polling a study's status, is not a row per request)
+REPEAT_SECONDS = 60.0
+READS = ("view", "worklist", "report")
+
+
 class Audit:
     def __init__(self, store: Store):
         self.engine = store.engine
         AuditEvent.__table__.create(self.engine, checkfirst=True)  # type: ignore[attr-defined]
+        self.last: dict[tuple[str, str, str | None], float] = {}
 
     def record(self, actor: str, action: str, study_id: str | None = None) -> None:
+        now = time.monotonic()
+        if action in READS:
+            key = (actor, action, study_id)
+            if now - self.last.get(key, -REPEAT_SECONDS) < REPEAT_SECONDS:
+                return
+            if len(self.last) > 10_000:
+                self.last.clear()
+            self.last[key] = now
         with Session(self.engine) as s, s.begin():
             s.add(AuditEvent(time=time.time(), actor=actor[:100], action=action, study_id=study_id))
 

@@ -98,6 +98,7 @@ class Listener:
         self.access = access or DicomAccess(allow_any=True)
         self.arrivals: dict[str, float] = {}
         self.received: dict[int, int] = {}  # bytes per association since its last C-STORE
+        self.counts: dict[str, int] = {}  # instances per inbox folder (the per-study cap)
         self.lock = threading.Lock()
         self.ae = _make_ae(ae_title, self.access)
         self.server: Any = None
@@ -164,6 +165,7 @@ class Listener:
                 log.warning("C-STORE: could not write an instance")
                 return OUT_OF_RESOURCES
             self.arrivals[folder.name] = time.monotonic()
+            self.counts[folder.name] = self.counts.get(folder.name, 0) + 1
         return SUCCESS
 
     def refusal(self, path: Path, folder: Path) -> str:
@@ -177,7 +179,9 @@ class Listener:
             return "the study dispatch is down"
         if not folder.is_dir():
             return "" if self.room() > 0 else "the queue is full"
-        if sum(1 for _ in folder.glob("*.dcm")) >= limits.max_instances_per_study:
+        if folder.name not in self.counts:  # after a restart
+            self.counts[folder.name] = sum(1 for _ in folder.glob("*.dcm"))
+        if self.counts[folder.name] >= limits.max_instances_per_study:
             return "too many instances in one study"
         return ""
 
@@ -194,6 +198,7 @@ class Listener:
                     continue
                 if self.dispatch(folder):
                     self.arrivals.pop(folder.name, None)
+                    self.counts.pop(folder.name, None)
                 else:  # its study is being processed: try again in a second
                     self.arrivals[folder.name] = now - self.quiet + 1.0
 
