@@ -227,8 +227,9 @@ class Store:
             )
 
     def requeue_interrupted(self) -> int:
-        """At start: this server's jobs left running (it was killed) go back to the queue."""
-        return self._requeue(Study.owner == self.owner)
+        """At start: this server's jobs left running (it was killed) go back to the queue, and
+        jobs without an owner (left by an ichdet from before owners)."""
+        return self._requeue(or_(Study.owner == self.owner, Study.owner.is_(None)))
 
     def requeue_expired(self, lease: float = LEASE_SECONDS) -> int:
         """Running jobs whose server has not beaten for ``lease`` seconds go back to the queue."""

@@ -130,7 +130,10 @@ class Processor:
         if requeued:
             log.info("requeued %d interrupted studies", requeued)
         for study_id in self.store.ids("deleting"):  # deletions a crash cut short
-            self.delete(study_id)
+            try:
+                self.delete(study_id)
+            except OSError as exc:  # tried again at the next start
+                log.warning("study %s: deletion not finished (%s)", study_id, exc)
         for k in range(self.workers):
             self.supervisor.spawn(f"worker-{k}", self.step)
         self.supervisor.spawn("heartbeat", self.beat, pause=HEARTBEAT_SECONDS)
@@ -211,7 +214,10 @@ class Processor:
             log.warning("study %s: its lease went to another server; result dropped", study_id)
             return
         for hook in self.after_done:
-            hook(study_id)
+            try:
+                hook(study_id)
+            except Exception as exc:  # noqa: BLE001 - the study is done; its record is not
+                log.warning("study %s: %s after done (%s)", study_id, type(exc).__name__, hook)
         log.info(
             "study %s done (%d slices%s)",
             study_id,
