@@ -330,6 +330,8 @@ def test_the_worklist_shows_patients_to_authenticated_readers_and_audits(
     assert [i["id"] for i in items] == [study_id]
     assert items[0]["patient"]["patient_name"] == "Test^Patient" and items[0]["series_read"]
     assert client.get("/api/v1/studies?q=nobody", headers=headers).json()["items"] == []
+    assert client.get("/api/v1/studies?q=%25", headers=headers).json()["items"] == []  # "%"
+    assert client.get(f"/api/v1/studies?offset={10**20}", headers=headers).status_code == 422
     for sort in ("patient_name", "-study_date", "triage"):
         assert client.get(f"/api/v1/studies?sort={sort}", headers=headers).status_code == 200
     assert client.get("/api/v1/studies?sort=reason", headers=headers).status_code == 422

@@ -308,7 +308,8 @@ def test_the_service_shows_a_study_that_cannot_be_read_apart(model, study, tmp_p
 
     from ichdet.serve.app import Settings, create_app
 
-    app = create_app(load_runner([model]), Settings(store=tmp_path / "store"))
+    settings = Settings(store=tmp_path / "store", allowed_hosts=("testserver",))
+    app = create_app(load_runner([model]), settings)
     files = [("files", ("upload", p.read_bytes(), "application/dicom")) for p in study[3]]
     with TestClient(app) as client:
         study_id = client.post("/api/v1/studies", files=files).json()["id"]

@@ -39,8 +39,34 @@ def actor(request: Request) -> str:
     return str(getattr(request.state, "actor", "local"))
 
 
-router = APIRouter()
-public = APIRouter()
+#: what every error answer is: a JSON object with ``detail`` (a reason, or FastAPI's list of
+#: validation errors)
+PROBLEM = {"type": "object", "required": ["detail"], "properties": {"detail": {}}}
+WHY = {
+    400: "a malformed request (no file, an unreadable zip)",
+    401: "the bearer token is missing or wrong",
+    403: "a cross-origin request",
+    404: "no such study or slice",
+    409: "the study is not in a state for this",
+    413: "over the upload limit (bytes received, or what its zips inflate to)",
+    421: "a Host header this server does not answer to",
+    422: "invalid parameters, or no readable CT slice in the upload",
+    429: "the queue is full: retry after Retry-After seconds",
+    500: "the report could not be written",
+    503: "a part of the service is down, or too many connections",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI description of these error answers."""
+    return {
+        code: {"description": WHY[code], "content": {"application/json": {"schema": PROBLEM}}}
+        for code in codes
+    }
+
+
+router = APIRouter(responses=errors(401, 421, 422, 503))
+public = APIRouter(responses=errors(421, 503))
 
 
 def job_or_404(ctx: Context, study_id: str) -> Job:
@@ -77,7 +103,7 @@ def public_view(job: Job, full: bool) -> dict[str, Any]:
     return out
 
 
-@router.post("/api/v1/studies", status_code=202)
+@router.post("/api/v1/studies", status_code=202, responses=errors(400, 403, 413, 429))
 def upload(
     request: Request, files: list[UploadFile] = File(...), ctx: Context = Depends(context)
 ) -> Any:
@@ -112,7 +138,7 @@ def upload(
 @router.get("/api/v1/studies")
 def worklist(
     request: Request,
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=10**9),
     limit: int = Query(50, ge=1, le=500),
     q: str = Query("", max_length=100, description="patient name or id, accession, description"),
     sort: str = Query("triage", pattern=SORT_PATTERN),
@@ -125,7 +151,7 @@ def worklist(
     return {"total": total, "offset": offset, "items": [public_view(j, False) for j in jobs]}
 
 
-@router.get("/api/v1/studies/{study_id}")
+@router.get("/api/v1/studies/{study_id}", responses=errors(404))
 def study(study_id: str, request: Request, ctx: Context = Depends(context)) -> Any:
     """Status; when done, the six probabilities, flags, key slices and the slices in z order."""
     job = job_or_404(ctx, study_id)
@@ -133,7 +159,7 @@ def study(study_id: str, request: Request, ctx: Context = Depends(context)) -> A
     return public_view(job, full=True)
 
 
-@router.delete("/api/v1/studies/{study_id}", status_code=204)
+@router.delete("/api/v1/studies/{study_id}", status_code=204, responses=errors(403, 404, 409))
 def delete(study_id: str, request: Request, ctx: Context = Depends(context)) -> Response:
     """Marked deleting first (a crash cannot bring it back), then its files, then its row."""
     job = job_or_404(ctx, study_id)
@@ -156,7 +182,11 @@ def audit(
     return {"events": ctx.audit.events(study, limit=limit)}
 
 
-@router.get("/api/v1/studies/{study_id}/report")
+@router.get(
+    "/api/v1/studies/{study_id}/report",
+    response_class=FileResponse,
+    responses={200: {"content": {"text/html": {}}}, **errors(404, 409, 500)},
+)
 def report(study_id: str, request: Request, ctx: Context = Depends(context)) -> Any:
     """The self-contained HTML report (written on first request)."""
     job = job_or_404(ctx, study_id)
@@ -170,7 +200,11 @@ def report(study_id: str, request: Request, ctx: Context = Depends(context)) -> 
     return FileResponse(path, media_type="text/html")
 
 
-@router.get("/api/v1/studies/{study_id}/slices/{n}.png")
+@router.get(
+    "/api/v1/studies/{study_id}/slices/{n}.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **errors(404, 409)},
+)
 def slice_image(
     study_id: str,
     n: int,
@@ -201,7 +235,7 @@ def slice_row(files: Path, entry: dict[str, Any]) -> tuple[str, str, str]:
     return (str(entry["n"]), str(files / entry["file"]), "dicom")
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 def metrics(ctx: Context = Depends(context)) -> Response:
     """Prometheus text format."""
     return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -295,9 +295,10 @@ class Store:
         patient name or id, accession and description (case-insensitive)."""
         where = Study.status != "deleting"
         if search:
-            pattern = f"%{search.lower()}%"
-            fields = (Study.patient_name, Study.patient_id, Study.accession, Study.description)
-            where = and_(where, or_(*(func.lower(f).like(pattern) for f in fields)))
+            needle, fields = search.lower(), (Study.patient_name, Study.patient_id)
+            fields += (Study.accession, Study.description)
+            matches = (func.lower(f).contains(needle, autoescape=True) for f in fields)
+            where = and_(where, or_(*matches))
         with Session(self.engine) as s:
             query = select(Study).where(where).order_by(*_order(sort))
             rows = s.scalars(query.offset(offset).limit(limit)).all()
