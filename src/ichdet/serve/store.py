@@ -295,8 +295,8 @@ class Store:
         patient name or id, accession and description (case-insensitive)."""
         where = Study.status != "deleting"
         if search:
-            needle, fields = search.lower(), (Study.patient_name, Study.patient_id)
-            fields += (Study.accession, Study.description)
+            needle = search.lower()
+            fields = [Study.patient_name, Study.patient_id, Study.accession, Study.description]
             matches = (func.lower(f).contains(needle, autoescape=True) for f in fields)
             where = and_(where, or_(*matches))
         with Session(self.engine) as s:
