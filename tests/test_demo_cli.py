@@ -23,7 +23,13 @@ def test_demo_end_to_end_tiny(tmp_path):
         sequence_epochs=2,
     )
     metrics = run_demo(tmp_path / "demo", cfg, log=lambda s: None)
-    assert set(metrics["timings"]) == {"synth", "index", "prepare", "train", "sequence", "predict"}
+    stages = {"synth", "index", "prepare", "train", "sequence", "predict", "validate"}
+    assert set(metrics["timings"]) == stages
+    validation = json.loads((tmp_path / "demo" / "validate" / "validation.json").read_text())
+    assert validation["studies"]["joined"] == len(
+        pd.read_csv(tmp_path / "demo" / "predict" / "studies.csv")
+    )
+    assert (tmp_path / "demo" / "validate" / "report.html").stat().st_size > 10_000
     assert (tmp_path / "demo" / "run" / "sequence" / "best.pt").is_file()
     slices = pd.read_csv(tmp_path / "demo" / "predict" / "slices.csv")
     assert "cnn_any" in slices  # predict took run/ as it is, with its series stage

@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from ichdet import __version__
 from ichdet.data.cache import CacheSettings
 from ichdet.data.index import build_index, write_index
 from ichdet.data.prepare import prepare
@@ -31,6 +33,7 @@ from ichdet.synth.studies import synthesize
 from ichdet.training.config import SequenceTrainConfig, TrainConfig
 from ichdet.training.sequence_task import fit_sequence
 from ichdet.training.slice_task import fit
+from ichdet.util.jsonio import read_json
 
 
 @dataclass(frozen=True)
@@ -137,8 +140,30 @@ def run_demo(
         result.files["submission"], out / "data" / "stage_2_test_labels.csv"
     )
     stage("predict", t)
+    t = time.perf_counter()
+    metrics["validation"] = validate_test_split(out, result.studies, result.slices)
+    stage("validate", t)
     metrics["timings"] = timings
     return metrics
+
+
+def validate_test_split(out: Path, studies: Any, slices: Any) -> dict:
+    """``ichdet validate`` of the test split's studies against its truth (the model's
+    thresholds, 500 bootstrap resamples): ``out/validate/`` gets validation.json and
+    report.html; returns the figures."""
+    from ichdet.evaluation.reference import read_reference
+    from ichdet.evaluation.validate import ValidateOptions, run_validation
+    from ichdet.reports.validation_report import write_report
+    from ichdet.util.jsonio import strict, write_json
+
+    truth = read_reference(out / "data" / "stage_2_test_labels.csv", slices=slices)
+    thresholds = read_json(out / "predict" / "manifest.json")["study_thresholds"]
+    found = run_validation(studies, truth, thresholds, "model", ValidateOptions(bootstrap=500))
+    about = {"model": "the demo run", "reference": "stage_2_test_labels.csv"}
+    about |= {"trained_on": "synthetic phantoms", "version": __version__}
+    write_json(out / "validate" / "validation.json", strict({"about": about, **found.result}))
+    write_report(found, out / "validate" / "report.html", about)
+    return found.result
 
 
 def _fmt(value: float, spec: str) -> str:

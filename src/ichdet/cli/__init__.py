@@ -17,6 +17,7 @@ from ichdet.cli import (
     predict_cmds,
     serve_cmd,
     train_cmd,
+    validate_cmd,
 )
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ for command in (
     data_cmds.eda,
     train_cmd.train,
     evaluate_cmd.evaluate,
+    validate_cmd.validate,
     demo_cmd.demo,
     predict_cmds.predict,
     predict_cmds.export,

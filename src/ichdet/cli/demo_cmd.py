@@ -32,3 +32,7 @@ def demo(
     cfg = replace(DemoConfig(), studies=studies, epochs=epochs, workers=workers)
     metrics = run_demo(out, cfg, log=console.print)
     print_demo_table(metrics, console)
+    from ichdet.cli.validate_cmd import print_validation
+
+    console.print(f"\nichdet validate of the test split ({out / 'validate' / 'report.html'}):")
+    print_validation(metrics["validation"])

@@ -41,6 +41,7 @@ def predict(
     image_check: bool = typer.Option(
         True, help="look at 3 slices of a series before reading it (head? soft kernel?)"
     ),
+    site: Path | None = typer.Option(None, help="site thresholds (ichdet validate --fit-site)"),
 ) -> None:
     """Per-slice and per-study probabilities (+ Kaggle submission, + HTML reports)."""
     if len(inputs) < 2:
@@ -54,7 +55,7 @@ def predict(
 
     try:
         selection = SelectionOptions(series=series, slab=parse_slab(slab), image_check=image_check)
-        runner = load_runner(models, device=device, tta=tta, batch_size=batch_size)
+        runner = with_site(load_runner(models, device=device, tta=tta, batch_size=batch_size), site)
         with progress_bar(None, "predict") as advance:
             result = run_predict(
                 runner,
@@ -72,6 +73,16 @@ def predict(
         _write_reports(runner, result, out)
     if dicom_out is not None:
         _write_dicom(runner, result, dicom_out)
+
+
+def with_site(runner: Runner, site: Path | None) -> Runner:
+    """``runner`` flagging with the site file (ValueError when it is another model's)."""
+    if site is not None:
+        from ichdet.evaluation.site import use_site
+
+        found = use_site(runner, site)
+        console.print(f"thresholds: {found['source']}")
+    return runner
 
 
 def _summarise(result: PredictResult) -> None:

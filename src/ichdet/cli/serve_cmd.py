@@ -45,6 +45,9 @@ Database = Annotated[
 ServerId = Annotated[
     str | None, typer.Option(help="this server's id in a shared database (default host:ports)")
 ]
+Site = Annotated[
+    Path | None, typer.Option(help="site thresholds (ichdet validate --fit-site), flags and SR")
+]
 Hosts = Annotated[
     list[str], typer.Option("--allowed-host", help="a Host header name to accept (repeat)")
 ]
@@ -79,6 +82,7 @@ def serve(
     server_id: ServerId = None,
     allowed_host: Hosts = [],  # noqa: B006
     max_connections: Annotated[int, typer.Option(help="HTTP connections at once")] = 64,
+    site: Site = None,
 ) -> None:
     """Serve MODEL: upload, triage and review head CT studies (API under /api/v1, page at /)."""
     from ichdet.serve.app import Settings, create_app
@@ -107,9 +111,8 @@ def serve(
         http_host=host,
         http_port=port,
     )
-    runner = _runner(model, store)
-    console.print(f"ichdet serve: {', '.join(runner.names)} on http://{host}:{port}/")
-    run(create_app(runner, settings), host, port, max_connections)
+    console.print(f"ichdet serve on http://{host}:{port}/")
+    run(create_app(_runner(model, store, site), settings), host, port, max_connections)
 
 
 def _serve_door(access: Any, token: str | None, host: str, dicom_port: int | None) -> None:
@@ -172,14 +175,17 @@ def _check_open_door(access: Any, token: str | None, host: str) -> None:
         console.print("[yellow]warning: DICOM without TLS beyond loopback (--tls-cert)[/]")
 
 
-def _runner(model: Path, store: Path) -> Any:
+def _runner(model: Path, store: Path, site: Path | None = None) -> Any:
+    from ichdet.cli.predict_cmds import with_site
     from ichdet.serve.model import load_model
 
     store.mkdir(parents=True, exist_ok=True)
     try:
-        return load_model(model, store)
+        runner = with_site(load_model(model, store), site)
     except (FileNotFoundError, ValueError, ImportError) as exc:
         fail(str(exc))
+    console.print(f"model: {', '.join(runner.names)}")
+    return runner
 
 
 def _selection(series: str, slab: str) -> Any:
@@ -227,6 +233,7 @@ def listen(
     queue_size: Annotated[int, typer.Option(help="queued studies before C-STOREs wait")] = 100,
     database: Database = None,
     server_id: ServerId = None,
+    site: Site = None,
 ) -> None:
     """A DICOM Storage SCP: predict studies as they arrive (C-STORE), send back a DICOM SR and
     Secondary Capture key slices. Only the peers on the allow list may send."""
@@ -253,7 +260,7 @@ def listen(
         server_id=server_id,
         http_port=0,
     )
-    ctx = Context(_runner(model, store), settings)
+    ctx = Context(_runner(model, store, site), settings)
     ctx.start()
     console.print(f"ichdet listen: {ae_title} on {host}:{port}, store {store}")
     done = threading.Event()

@@ -50,6 +50,8 @@ SERIES_TEXT_COLUMNS = [
 ]
 SERIES_NUMBER_COLUMNS = ["series_number", "thickness", "pixel_spacing"]
 SERIES_COLUMNS = SERIES_TEXT_COLUMNS + SERIES_NUMBER_COLUMNS
+#: Study header facts a validation groups and joins by ("" when absent).
+STUDY_TEXT_COLUMNS = ["manufacturer", "accession", "study_date"]
 #: Files that sit beside images in datasets; listed as not images unless they hold DICOM.
 NOT_IMAGES = (".csv", ".json", ".txt", ".md", ".parquet", ".xlsx", ".pdf", ".html", ".npz")
 #: The reason given to such companion files; they are listed in the report, not as errors.
@@ -166,6 +168,9 @@ def _scan_one(source: str) -> dict | tuple[str, str]:
         "orientation": "\\".join(f"{v:.4f}" for v in meta.orientation or ()),
         "thickness": meta.slice_thickness,
         "pixel_spacing": meta.pixel_spacing[0] if meta.pixel_spacing else None,
+        "manufacturer": meta.manufacturer,
+        "accession": meta.accession,
+        "study_date": meta.study_date,
     }
 
 
@@ -265,7 +270,7 @@ def _fill_ids(df: pd.DataFrame, label_table: pd.DataFrame | None) -> pd.DataFram
     df["z"] = pd.to_numeric(df["z"])
     for column in SERIES_NUMBER_COLUMNS:
         df[column] = pd.to_numeric(df[column])
-    for column in SERIES_TEXT_COLUMNS:
+    for column in [*SERIES_TEXT_COLUMNS, *STUDY_TEXT_COLUMNS]:
         df[column] = df[column].astype(object).fillna("").astype(str)
     df["synthetic"] = df["synthetic"].astype("boolean").fillna(False).astype(bool)
     return df
@@ -288,7 +293,8 @@ def _join_labels(df: pd.DataFrame, label_table: pd.DataFrame | None, report: dic
 
 def _frame(records: list[dict]) -> pd.DataFrame:
     columns = [*ID_COLUMNS, "z", "instance_number", "rows", "columns", "source", "kind"]
-    return pd.DataFrame(records, columns=[*columns, "synthetic", *SERIES_COLUMNS])
+    columns += ["synthetic", *SERIES_COLUMNS, *STUDY_TEXT_COLUMNS]
+    return pd.DataFrame(records, columns=columns)
 
 
 def build_index(

@@ -127,6 +127,8 @@ class SliceMeta:
     fixes: tuple[str, ...] = field(default=())
     manufacturer: str = ""
     series: SeriesFacts = field(default_factory=lambda: SeriesFacts())
+    accession: str = ""
+    study_date: str = ""
 
     @property
     def synthetic(self) -> bool:
@@ -219,4 +221,6 @@ def slice_meta(ds: pydicom.Dataset, fixes: tuple[str, ...] = ()) -> SliceMeta:
         fixes=fixes,
         manufacturer=text(ds, "Manufacturer"),
         series=series_facts(ds),
+        accession=text(ds, "AccessionNumber"),
+        study_date=text(ds, "StudyDate"),
     )

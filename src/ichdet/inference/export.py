@@ -147,6 +147,7 @@ def export_onnx(
         "opset": opset,
         "synthetic_only": runner.synthetic_only,
         "slice_spacing_mm": runner.slice_spacing,
+        "model_digest": runner.digest,  # the checkpoints': a site file fits both forms
     }
     series = runner.series
     if not isinstance(series, TorchSeries):

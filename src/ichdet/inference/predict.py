@@ -19,10 +19,16 @@ import pandas as pd
 from ichdet.data.index import build_index, order_series
 from ichdet.dicom.sources import find_member, open_text
 from ichdet.evaluation.metrics import from_long, to_long
+from ichdet.evaluation.site import apply_site
 from ichdet.inference.decode import decode_ahead, frame_rows, series_chunks
 from ichdet.inference.runners import Runner
 from ichdet.inference.series import SliceOutputs
-from ichdet.inference.study_outputs import series_table, study_table, with_status
+from ichdet.inference.study_outputs import (
+    series_table,
+    study_headers,
+    study_table,
+    with_status,
+)
 from ichdet.labels import LABELS
 from ichdet.selection.choose import SelectionOptions, plan_reads
 from ichdet.util.jsonio import write_json
@@ -158,6 +164,24 @@ def _series_scores(buffer: _SeriesBuffer, errors: list[tuple[str, str]]) -> Scor
     return Scores(slices.reset_index(drop=True), errors, series)
 
 
+def _studies(
+    runner: Runner, studies: pd.DataFrame, inputs: pd.DataFrame, read: pd.DataFrame
+) -> pd.DataFrame:
+    """studies.csv: the study table with the site's calibration and thresholds (``ichdet
+    validate --fit-site``) when the runner has them, the provenance warning and the header
+    columns (before ``series_read`` and ``notes``)."""
+    site = getattr(runner, "site", None)
+    if site is not None:
+        studies = apply_site(studies, site)
+    studies.insert(
+        len(studies.columns) - 2,
+        "warning",
+        provenance_warnings(runner, inputs, studies["study_id"]),
+    )
+    headers = study_headers(studies, inputs, read)
+    return pd.concat([studies.iloc[:, :-2], headers, studies.iloc[:, -2:]], axis=1)
+
+
 #: What predict writes; stale copies are removed first, the manifest is written last.
 OUTPUTS = ("slices", "studies", "series", "errors", "submission")
 MANIFEST = "manifest.json"
@@ -173,6 +197,9 @@ def write_outputs(out: Path, frames: dict[str, pd.DataFrame], runner: Runner) ->
         "files": {key: path.name for key, path in files.items()},
         "rows": {key: len(frame) for key, frame in frames.items()},
         "models": list(runner.names),  # short names: no local absolute paths
+        "model_digest": getattr(runner, "digest", ""),
+        "study_thresholds": {k: float(v) for k, v in runner.study_thresholds.items()},
+        "thresholds_from": (getattr(runner, "site", None) or {}).get("source", "model"),
     }
     write_json(out / MANIFEST, manifest)
     return files
@@ -204,11 +231,11 @@ def predict(
     study_probs = None
     if scores.series is not None:  # a study of several series read: its highest series
         study_probs = scores.series.groupby("study_id", sort=False)[list(LABELS)].max()
-    studies = with_status(study_table(slices, runner.study_thresholds, study_probs), plan)
-    studies.insert(
-        len(studies.columns) - 2,
-        "warning",
-        provenance_warnings(runner, given.index, studies["study_id"]),
+    studies = _studies(
+        runner,
+        with_status(study_table(slices, runner.study_thresholds, study_probs), plan),
+        given.index,
+        plan.rows,
     )
     error_rows = [*given.errors.itertuples(index=False, name=None), *scores.errors]
     frames = {

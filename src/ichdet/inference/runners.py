@@ -27,6 +27,7 @@ from ichdet.inference.series import (
 )
 from ichdet.labels import LABELS
 from ichdet.selection.choose import DEFAULT_TRAINING_MM
+from ichdet.util.digest import file_digest, files_digest
 
 if TYPE_CHECKING:
     from torch import nn
@@ -55,6 +56,7 @@ class Runner(Protocol):
     names: list[str]  #: the model files, for the record
     series: SeriesStage | None  #: the series stage, when the run has one
     synthetic_only: bool  #: every model was trained on ``ichdet synth`` phantoms only
+    digest: str  #: the model files' identity (a site's thresholds belong to one model)
     slice_spacing: float  #: the slice spacing (mm) of the training data (thin series -> slabs)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -124,6 +126,7 @@ class TorchRunner:
         self.thresholds = stage_thresholds(paths)
         self.names = [short_name(p) for p in paths]
         self.synthetic_only = all(synthetic)
+        self.digest = files_digest(checkpoints)
         self.slice_spacing = training_spacing(spacings)
         found = sequence_checkpoints(paths)
         self.series: SeriesStage | None = None
@@ -201,6 +204,7 @@ class OnnxRunner:
         self.tta, self.batch_size = tta, batch_size
         self.names = [Path(path).name]
         self.synthetic_only = bool(meta.get("synthetic_only"))
+        self.digest = str(meta.get("model_digest") or file_digest(path))
         self.slice_spacing = training_spacing([meta.get("slice_spacing_mm")])
         self.series: SeriesStage | None = None
         if meta.get("sequence"):

@@ -63,6 +63,31 @@ def with_status(studies: pd.DataFrame, plan: ReadPlan) -> pd.DataFrame:
     return table[[*order, *rest, "series_read", "notes"]]
 
 
+#: studies.csv's header columns: what a validation joins the truth on (patient id, accession)
+#: and groups by (manufacturer, kernel and slice thickness of the series read).
+HEADER_COLUMNS = ["patient_id", "accession", "study_date", "manufacturer", "kernel", "thickness"]
+
+
+def study_headers(studies: pd.DataFrame, inputs: pd.DataFrame, read: pd.DataFrame) -> pd.DataFrame:
+    """``HEADER_COLUMNS`` per study of ``studies`` (in its order): identity from any of the
+    study's images (``inputs``), kernel and thickness from the series read (``read``; the
+    median thickness, "" when not assessed)."""
+    ids = studies["study_id"]
+    out = pd.DataFrame(index=ids)
+    given = inputs.groupby("study_id", sort=False).first() if len(inputs) else pd.DataFrame()
+    for column in HEADER_COLUMNS[:4]:
+        values = given[column] if column in given else pd.Series(dtype=object)
+        out[column] = ids.map(values).fillna("").astype(str).to_numpy()
+    by_study = read.groupby("study_id", sort=False) if len(read) else None
+    kernel = by_study["kernel"].first() if by_study is not None and "kernel" in read else {}
+    thickness = (
+        by_study["thickness"].median() if by_study is not None and "thickness" in read else {}
+    )
+    out["kernel"] = ids.map(kernel).fillna("").astype(str).to_numpy()
+    out["thickness"] = pd.to_numeric(ids.map(thickness), errors="coerce").to_numpy()
+    return out.reset_index(drop=True)
+
+
 def is_assessed(studies: pd.DataFrame) -> pd.Series:
     """Which rows of a studies table hold probabilities (older tables have no status)."""
     if "status" not in studies:

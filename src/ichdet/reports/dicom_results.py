@@ -259,7 +259,9 @@ def dicom_results(
     study not assessed gets the SR alone, saying so (``reference``: one of its instances).
     ``decode``: the decode row of each slice read (a slab's slices) for the heat maps."""
     notes = [n for n in str(study.get("notes") or "").split("; ") if n]
-    algorithm = {"name": "ichdet", "version": version, "models": ", ".join(runner.names)}
+    used = (getattr(runner, "site", None) or {}).get("source", "the model's")
+    models = f"{', '.join(runner.names)}; thresholds: {used}"
+    algorithm = {"name": "ichdet", "version": version, "models": models}
     if str(study.get("status") or "assessed") != "assessed":
         summary: dict[str, Any] = {"not_assessable": str(study["reason"]), "notes": notes}
         if reference is None:
