@@ -341,3 +341,27 @@ def test_the_worklist_shows_patients_to_authenticated_readers_and_audits(
     assert {("upload", actor), ("view", actor)} <= actions
     assert [a for k, a in actions if k == "done"][0].startswith("server:")
     assert TOKEN not in str(events)
+
+
+def test_a_store_from_before_this_change_is_upgraded_in_place(tmp_path):
+    """An ichdet store written before owners, versions and patient columns: opened, its table
+    gets the new columns, its running study is taken back, a late re-read is version 2."""
+    import sqlite3
+
+    from ichdet.serve.store import Store
+
+    db = tmp_path / "ichdet.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE studies (id VARCHAR(32) PRIMARY KEY, status VARCHAR(8), received FLOAT,"
+            " started FLOAT, finished FLOAT, attempts INTEGER, files INTEGER, origin VARCHAR(8),"
+            " reason TEXT, flagged BOOLEAN, p_any FLOAT, result TEXT)"
+        )
+        conn.execute(f"INSERT INTO studies VALUES ('{'a' * 32}', 'running', 1.0, 1.0, NULL, 1, 3,"
+                     " 'dicom', NULL, 0, NULL, NULL)")  # fmt: skip
+    store = Store(f"sqlite:///{db}", owner="new-server")
+    assert store.requeue_interrupted() == 1
+    assert store.claim_next() == "a" * 32
+    assert store.finish("a" * 32, {}, False, None, {"patient_name": "X^Y"})
+    assert store.reopen("a" * 32, 4) and store.get("a" * 32).version == 2
+    assert store.get("a" * 32).patient["patient_name"] == "X^Y"

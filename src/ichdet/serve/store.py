@@ -269,7 +269,11 @@ class Store:
     def reopen(self, study_id: str, files: int) -> bool:
         """A finished study that received more instances: queued again as its next version."""
         return self.move(
-            study_id, ("done", "failed"), "queued", files=files, version=Study.version + 1
+            study_id,
+            ("done", "failed"),
+            "queued",
+            files=files,
+            version=func.coalesce(Study.version, 1) + 1,  # NULL in a store from before versions
         )
 
     def mark_deleting(self, study_id: str) -> bool:
