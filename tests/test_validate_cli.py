@@ -139,3 +139,21 @@ def test_the_report_renders_in_chromium_without_external_resources(site, tmp_pat
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     assert not outside and (tmp_path / "report.png").stat().st_size > 50_000
+
+
+def test_validate_predicts_a_dicom_folder_first_and_takes_a_thresholds_file(site, tmp_path):
+    model, data, truth, _ = site
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps({"labels": {k: 0.5 for k in CQ500.values()}}))
+    out = tmp_path / "val"
+    args = ["validate", str(data), str(truth), "-o", str(out), "--model", str(model)]
+    done = cli.invoke(app, [*args, "--bootstrap", "50", "--thresholds", str(thresholds)])
+    assert done.exit_code == 0, done.output
+    assert (out / "predict" / "studies.csv").is_file()
+    result = json.loads((out / "validation.json").read_text())
+    assert result["thresholds"] == {
+        "source": "thresholds.json",
+        "values": {k: 0.5 for k in CQ500.values()},
+    }
+    done = cli.invoke(app, ["validate", str(data), str(truth), "-o", str(out)])
+    assert done.exit_code != 0 and "give --model" in done.output

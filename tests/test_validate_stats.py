@@ -72,6 +72,9 @@ def test_calibration_recovers_a_known_miscalibration():
     fair = vs.calibration(calibrated, p)
     assert fair["slope"] == pytest.approx(1.0, abs=0.06) and fair["ece"] < 0.02
     assert fair["brier"] == pytest.approx(np.mean((p - calibrated) ** 2))
+    sm = pytest.importorskip("statsmodels.api")
+    fit = sm.Logit(y, sm.add_constant(logit)).fit(disp=0)
+    assert (found["intercept"], found["slope"]) == pytest.approx(tuple(fit.params), abs=1e-4)
 
 
 def test_ece_by_hand():
@@ -195,3 +198,17 @@ def test_a_site_file_belongs_to_one_model(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SiteError, match="not a site file"):
         read_site(tmp_path / "bad.json", "model-a")
+
+
+def test_rsna_long_form_needs_the_slices_and_refuses_repeats(tmp_path):
+    long = tmp_path / "labels.csv"
+    long.write_text("ID,Label\nID_a_any,1\nID_b_any,0\nID_a_any,0\n")
+    slices = pd.DataFrame({"image_id": ["ID_a", "ID_b"], "study_id": ["S", "S"]})
+    with pytest.raises(ReferenceError, match="lines 2, 4"):
+        read_reference(long, slices=slices)
+    long.write_text("ID,Label\nID_a_any,1\nID_b_any,0\nID_a_subdural,0\n")
+    with pytest.raises(ReferenceError, match="slices.csv"):
+        read_reference(long)
+    ref = read_reference(long, slices=slices)
+    assert ref.truth.at["S", "any"] == 1 and ref.truth.at["S", "subdural"] == 0
+    assert math.isnan(ref.truth.at["S", "epidural"])

@@ -130,8 +130,10 @@ def _long_form(table: pd.DataFrame, slices: pd.DataFrame | None, path: Path) -> 
             "y": _binary(table["Label"], path, "Label").to_numpy(),
         }
     )
-    if long.duplicated(["image_id", "label"]).any():
-        raise ReferenceError(f"{path}: an image's label is given twice")
+    twice = long.duplicated(["image_id", "label"], keep=False)
+    if twice.any():
+        lines = ", ".join(str(i + 2) for i in np.flatnonzero(twice)[:10])
+        raise ReferenceError(f"{path}: an image's label is given twice (lines {lines})")
     wide = long.pivot(index="image_id", columns="label", values="y")
     study = slices.set_index("image_id")["study_id"]
     wide = wide[wide.index.isin(study.index)]
