@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -89,3 +95,43 @@ def ct_study(folder: Path, slices: int = 12, size: int = 48, seed: int = 0) -> l
         ds.PatientName = "Test^Patient"
         paths.append(save_dataset(ds, folder / f"{k:03d}.dcm"))
     return paths
+
+
+class LiveServer:
+    """``python -m ichdet serve MODEL --store STORE ARGS...`` on a free loopback port (or
+    ``port``), stopped by the test. Its log goes to a file: a pipe nobody reads while the test
+    runs would fill up with access lines and block the server."""
+
+    def __init__(self, model, store, *args, port=None, env=None):
+        import httpx
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(tempfile.mkstemp(prefix="ichdet-serve-", suffix=".log")[1])
+        cmd = [sys.executable, "-m", "ichdet", "serve", str(model), "--port", str(self.port)]
+        cmd += ["--store", str(store), *map(str, args)]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, **(env or {})}
+            )
+        deadline = time.time() + 60
+        while time.time() < deadline and self.proc.poll() is None:
+            try:
+                httpx.get(self.url + "/healthz", timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("the server did not start: " + self.stop()[-2000:])
+
+    def raw(self, data: bytes) -> socket.socket:
+        """A connection that has sent ``data`` (for partial or malformed requests)."""
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        sock.sendall(data)
+        return sock
+
+    def stop(self, sig=signal.SIGTERM) -> str:
+        """Stop the server (``sig``); returns its log."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        return self.log.read_text(errors="replace")

@@ -3,18 +3,13 @@ service's own OpenAPI document, sent with the token to a real ``ichdet serve`` o
 answer may be a 5xx, and every answer must match what the document says (status code, content
 type, body schema). A study is uploaded first, so the study routes also meet a real id."""
 
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 
 httpx = pytest.importorskip("httpx", reason="the 'dev' extra is not installed")
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
-from serve_fixtures import build_model_and_studies, free_port  # noqa: E402
+from serve_fixtures import LiveServer, build_model_and_studies  # noqa: E402
 
 TOKEN = "fuzz-" + "k" * 40
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -27,27 +22,17 @@ def live_url(tmp_path_factory):
     token = root / "token"
     token.write_text(TOKEN)
     token.chmod(0o600)
-    port = free_port()
-    cmd = [sys.executable, "-m", "ichdet", "serve", str(model), "--port", str(port)]
-    cmd += ["--store", str(root / "store"), "--token-file", str(token), "--max-upload-mb", "4"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    args = ["--token-file", token, "--max-upload-mb", "4"]
+    server = LiveServer(model, root / "store", *args)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                httpx.get(url + "/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         files = [
             ("files", ("x", p.read_bytes(), "application/dicom")) for p in studies.popitem()[1]
         ]
-        assert httpx.post(url + "/api/v1/studies", files=files, headers=AUTH).status_code == 202
-        yield url
+        answer = httpx.post(server.url + "/api/v1/studies", files=files, headers=AUTH)
+        assert answer.status_code == 202
+        yield server.url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,8 @@
 """``ichdet serve`` as a real process on the loopback interface: the web page in Chromium
 (Playwright), and a SIGKILL while studies are queued and running."""
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +10,8 @@ import pytest
 
 httpx = pytest.importorskip("httpx", reason="the 'dev' extra is not installed")
 pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
-from serve_fixtures import build_model_and_studies, free_port  # noqa: E402
+from serve_fixtures import LiveServer as Server  # noqa: E402
+from serve_fixtures import build_model_and_studies  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -21,33 +19,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def model_and_studies(tmp_path_factory):
     return build_model_and_studies(tmp_path_factory.mktemp("live"))
-
-
-class Server:
-    """``python -m ichdet serve`` on a free loopback port; stopped by the test."""
-
-    def __init__(self, model, store, port=None):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "ichdet", "serve", str(model), "--port", str(self.port)]
-        cmd += ["--store", str(store)]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ}
-        )
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("the server did not start: " + self.proc.stderr.read().decode()[-2000:])
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
 
 
 def _upload(url, paths):

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 httpx = pytest.importorskip("httpx", reason="the 'dev' extra is not installed")
 pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
-from serve_fixtures import build_model_and_studies, free_port  # noqa: E402
+from serve_fixtures import LiveServer, build_model_and_studies, free_port  # noqa: E402
 
 PG_BIN = next(
     (str(p.parent) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))),
@@ -60,34 +59,15 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-class Server:
-    def __init__(self, model, store, database, server_id, port=None):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "ichdet", "serve", str(model), "--port", str(self.port)]
-        cmd += ["--store", str(store), "--database", database, "--server-id", server_id]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(self.proc.stderr.read().decode()[-2000:])
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
+def _server(model, store, database, server_id, port=None):
+    return LiveServer(model, store, "--database", database, "--server-id", server_id, port=port)
 
 
 def test_two_servers_one_database_one_killed_every_study_done_once(postgres, tmp_path):
     model, studies = build_model_and_studies(tmp_path / "model")
     store = tmp_path / "store"
-    a = Server(model, store, postgres, "server-a")
-    b = Server(model, store, postgres, "server-b")
+    a = _server(model, store, postgres, "server-a")
+    b = _server(model, store, postgres, "server-b")
     ids = []
     try:
         uploads = [list(studies.values())[k % len(studies)] for k in range(20)]
@@ -99,7 +79,7 @@ def test_two_servers_one_database_one_killed_every_study_done_once(postgres, tmp
             ids.append(answer.json()["id"])
             if k == 9:
                 a.stop(signal.SIGKILL)  # mid-run: studies queued, one perhaps running
-                a = Server(model, store, postgres, "server-a", port=a.port)
+                a = _server(model, store, postgres, "server-a", port=a.port)
         deadline = time.time() + 180
         while time.time() < deadline:
             status = [httpx.get(f"{b.url}/api/v1/studies/{i}").json()["status"] for i in ids]

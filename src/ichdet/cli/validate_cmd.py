@@ -147,14 +147,13 @@ def _about(found: Any, runner: Any, manifest: dict, reference: Path, studies: An
 def _write(found: Any, out: Path, about: dict[str, Any], pred: Path) -> None:
     from ichdet.reports.validation_report import write_report
     from ichdet.util.jsonio import strict, write_json
+    from ichdet.util.names import path_component
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "validation.json", strict({"about": about, **found.result}))
     folder = pred if pred.is_dir() else pred.parent
     links = {}
     for study in {f["study_id"] for f in found.result["failures"]}:
-        from ichdet.util.names import path_component
-
         page = folder / "report" / f"{path_component(study)}.html"
         if page.is_file():
             links[study] = str(page.resolve().as_uri())

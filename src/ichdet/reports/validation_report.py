@@ -78,14 +78,14 @@ LABEL_HEAD = [
 ]  # fmt: skip
 
 
+KEYS = ("brier", "ece", "slope", "intercept")
+
+
 def _calibration(result: dict[str, Any]) -> str:
     rows = [
         [label, *(num(result["labels"][label]["calibration"][k]) for k in KEYS)] for label in LABELS
     ]
     return _table(["label", "Brier", "ECE (10 bins)", "slope", "intercept"], rows)
-
-
-KEYS = ("brier", "ece", "slope", "intercept")
 
 
 def _readers(result: dict[str, Any]) -> str:

@@ -83,7 +83,7 @@ class Guard:
             await _answer(send, *problem)
             return
         scope.setdefault("state", {})["actor"] = token_actor(self.token) if self.token else "local"
-        await self._call_capped(scope, receive, send, headers)
+        await self._call_capped(scope, receive, send)
 
     def check(self, scope: dict[str, Any], headers: dict[str, str]) -> tuple[int, str] | None:
         host = host_name(headers.get("host", ""))
@@ -111,7 +111,7 @@ class Guard:
             return True
         return urlsplit(origin).netloc.lower() == headers.get("host", "").lower()
 
-    async def _call_capped(self, scope: Any, receive: Any, send: Any, headers: Any) -> None:
+    async def _call_capped(self, scope: Any, receive: Any, send: Any) -> None:
         """The app, with its body cut off at the cap: whatever the app makes of the cut (a
         parse error, an exception), the answer is 413."""
         received, started, exceeded = 0, False, False
