@@ -66,18 +66,15 @@ def free_port() -> int:
 def ct_study(folder: Path, slices: int = 12, size: int = 48, seed: int = 0) -> list[Path]:
     """A head CT series (an ``ichdet synth`` phantom from the skull base to the vertex) with
     valid DICOM UIDs, as a PACS sends it; files in z order."""
-    import dataclasses
-
     import numpy as np
     from pydicom.uid import generate_uid
 
     from ichdet.dicom.write import ct_dataset, save_dataset
-    from ichdet.synth.phantom import Grid, plan_study, render_slice
+    from ichdet.synth.phantom import Grid, plan_study, render_slice, resliced
 
     rng = np.random.default_rng(seed)
     study, series = generate_uid(), generate_uid()
-    plan = plan_study(rng, size, positive=False)
-    plan = dataclasses.replace(plan, n_slices=slices, thickness=1.5 * plan.c / slices)
+    plan = resliced(plan_study(rng, size, positive=False), slices)
     grid = Grid.for_plan(plan)
     paths = []
     for k in range(slices):

@@ -62,20 +62,6 @@ def test_labels_agree_with_masks_and_any_rule(synth_set):
             assert all(masks[name].any() and masks[name].dtype == bool for name in masks.files)
 
 
-def test_lesion_hu_inside_masks(synth_set):
-    out, _ = synth_set
-    checked = 0
-    for mask_file in sorted((out / "masks").glob("*.npz"))[:20]:
-        split = "train" if (out / "stage_2_train" / f"{mask_file.stem}.dcm").exists() else "test"
-        hu = read_slice(out / f"stage_2_{split}" / f"{mask_file.stem}.dcm").hu
-        with np.load(mask_file) as masks:
-            union = np.any([masks[n] for n in masks.files], axis=0)
-        # blood is 55-85 HU before noise (sigma <= 6): the median inside sits well above brain
-        assert 48 < np.median(hu[union]) < 92
-        checked += 1
-    assert checked > 0
-
-
 def test_every_subtype_present_and_prevalence_sane(synth_set):
     _, summary = synth_set
     prevalence = summary["prevalence"]

@@ -1,59 +1,55 @@
-"""Synthetic head-CT phantoms with 3D hemorrhages (pure numpy; no I/O).
+"""Synthetic head-CT phantoms of the whole head, with 3D hemorrhages (pure numpy; no I/O).
 
-A study is a :class:`StudyPlan` drawn from a random generator; :func:`render_slice` turns one axial
-slice of it into HU (float32, H x W) and one boolean mask per hemorrhage subtype present.
+A study is a :class:`StudyPlan` drawn from a random generator: a patient's head
+(``synth.head``: size, age, densities, how it lies in the scanner), the confounders a normal
+head carries (``synth.confounders``), the scanner's rendering (``synth.scanner``) and, if
+positive, 1-3 bleeds (``synth.lesions``) with their mass effect. :func:`render_slice` turns one
+axial slice into HU (float32, H x W) and one boolean mask per subtype present.
 
-Coordinates are in mm in the slice frame: x along image rows (left-right), y along columns
-(anterior-posterior, +y posterior as in DICOM's LPS), z along the slice normal. The head is an
-ellipsoid; its cross-section at height z is the ellipse scaled by ``s(z) = sqrt(1 - (z/c)^2)``.
-Layers from outside in: scalp, skull (outer table, diploe, inner table), grey matter with CSF
-sulci, white matter, lateral ventricles. Hemorrhages are 3D shapes in that frame, so they span
-neighbouring slices consistently:
-
-- epidural: a biconvex lens against the inner skull (thick center, tapering edges);
-- subdural: a wide thin crescent along the inner skull;
-- intraparenchymal: an irregular blob in the brain, with a faint hypodense edema rim;
-- intraventricular: blood layering in the dependent (posterior) part of a lateral ventricle;
-- subarachnoid: blood filling the sulci and the surface of a sector of the brain, or the basal
-  cisterns and sylvian fissures (the classic star shape) on the lower slices.
+A slice covers the skull base (orbits, sinuses, petrous bones, posterior fossa) to the vertex;
+the structures are built in ``vault`` (skull, floor, tentorium), ``skull_base`` and ``brain``.
+A thick slice is the mean of three planes across its thickness (partial volume at the vertex,
+the floor and every edge); its masks are those of its middle plane.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ichdet.labels import SUBTYPES
+from ichdet.synth import scanner as scan
+from ichdet.synth.brain import Warp, paint_brain
+from ichdet.synth.confounders import (
+    Confounders,
+    draw_confounders,
+    paint_calcifications,
+    paint_headrest,
+    paint_metal,
+    paint_vessels,
+)
+from ichdet.synth.head import Coords, Head, draw_head
+from ichdet.synth.lesions import (
+    SUBTYPE_FREQUENCY,
+    Lesion,
+    lesion_mask,
+    mass_effect,
+    paint_lesion,
+)
+from ichdet.synth.lesions import draw_lesion as _draw
+from ichdet.synth.scanner import Scanner, draw_scanner
+from ichdet.synth.skull_base import paint_base
+from ichdet.synth.vault import paint_skull, vault
 
-#: Relative frequency of subtypes among lesions (epidural rarest, as in RSNA).
-SUBTYPE_FREQUENCY = {
-    "subdural": 0.30,
-    "intraparenchymal": 0.25,
-    "subarachnoid": 0.22,
-    "intraventricular": 0.16,
-    "epidural": 0.07,
-}
-#: A subtype counts as present on a slice when its mask covers at least this area.
-MIN_LESION_AREA_MM2 = 6.0
+__all__ = ["Grid", "Lesion", "StudyPlan", "SUBTYPE_FREQUENCY", "draw_lesion", "plan_study"]
 
-
-@dataclass
-class Lesion:
-    subtype: str
-    hu: float
-    z0: float  # center height (mm)
-    z_radius: float  # half extent along z (mm)
-    angle: float = 0.0  # direction on the skull (rad), for epidural/subdural/subarachnoid
-    angular_radius: float = 0.5  # half extent around the skull (rad)
-    thickness: float = 5.0  # max thickness (mm) for epidural/subdural
-    center: tuple[float, float] = (0.0, 0.0)  # in-plane center (mm), intraparenchymal
-    radius: float = 10.0  # in-plane radius (mm), intraparenchymal
-    harmonics: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
-    side: int = 1  # which lateral ventricle (+1 right, -1 left)
-    level: float = 0.0  # fill level inside the ventricle (fraction of its y extent)
-    cisternal: bool = False  # subarachnoid: basal cisterns and sylvian fissures, not sulci
+#: A subtype counts as present on a slice when its mask covers at least this area (a bleed
+#: of ~5 mm: the sliver at a bleed's edge that no reader would call is not labelled).
+MIN_LESION_AREA_MM2 = 20.0
+#: Slices at least this thick are the mean of three planes (partial volume).
+THICK_MM = 4.0
 
 
 @dataclass
@@ -64,24 +60,24 @@ class StudyPlan:
     spacing: float  # mm per pixel
     n_slices: int
     thickness: float  # slice spacing (mm)
-    z_start: float  # height of the first slice relative to the head center (mm)
-    a: float  # head semi-axis x (mm)
-    b: float  # head semi-axis y (mm)
-    c: float  # head semi-axis z (mm)
-    skull: float  # skull thickness (mm)
-    scalp: float  # scalp thickness (mm)
-    grey_hu: float
-    white_hu: float
-    csf_hu: float
-    noise_hu: float
-    sulci_count: int
-    sulci_phase: float
-    ventricle: tuple[float, float, float]  # semi-axes (mm)
+    z_start: float  # scanner height of the first slice (the head's centre is at 0)
+    head: Head
+    scanner: Scanner
+    confounders: Confounders
     lesions: list[Lesion] = field(default_factory=list)
     seed: int = 0
+    noise_scale: float = 1.0  # thin slices are noisier
 
     def slice_z(self, k: int) -> float:
         return self.z_start + k * self.thickness
+
+    @property
+    def c(self) -> float:
+        return self.head.c
+
+    @property
+    def warp(self) -> Warp:
+        return mass_effect(self.lesions)
 
 
 def plan_study(
@@ -90,30 +86,23 @@ def plan_study(
     positive: bool | None = None,
     lesion_count: int | None = None,
 ) -> StudyPlan:
-    """Draw a study: anatomy, slice geometry, and (if positive) 1-3 hemorrhages."""
-    a, b, c = rng.uniform(66, 76), rng.uniform(86, 98), rng.uniform(78, 90)
-    fov = rng.uniform(2 * b + 25, 2 * b + 50)
-    n_slices = int(rng.integers(20, 61))
-    coverage = rng.uniform(1.45, 1.7) * c  # from the skull base to the vertex
-    thickness = coverage / n_slices
+    """Draw a study: a head, its confounders, the scanner, the slices and (if positive)
+    1-3 hemorrhages."""
+    head = draw_head(rng)
+    fov = rng.uniform(2 * head.b + 60, 2 * head.b + 120)
+    n_slices = int(rng.integers(24, 61))
+    bottom = -rng.uniform(0.95, 1.3) * head.c
+    top = head.c + head.skull + head.scalp + rng.uniform(-4, 8)
+    thickness = (top - bottom) / n_slices
     plan = StudyPlan(
         size=size,
         spacing=fov / size,
         n_slices=n_slices,
         thickness=thickness,
-        z_start=-0.72 * c,
-        a=a,
-        b=b,
-        c=c,
-        skull=rng.uniform(5.5, 8.0),
-        scalp=rng.uniform(3.0, 6.0),
-        grey_hu=rng.uniform(36, 44),
-        white_hu=rng.uniform(25, 31),
-        csf_hu=rng.uniform(2, 10),
-        noise_hu=rng.uniform(3.0, 6.0),
-        sulci_count=int(rng.integers(14, 26)),
-        sulci_phase=rng.uniform(0, 2 * math.pi),
-        ventricle=(rng.uniform(6, 10), rng.uniform(20, 30), rng.uniform(15, 22)),
+        z_start=bottom + thickness / 2,
+        head=head,
+        scanner=draw_scanner(rng),
+        confounders=draw_confounders(rng, head),
         seed=int(rng.integers(2**31)),
     )
     if positive is None:
@@ -127,229 +116,96 @@ def plan_study(
     return plan
 
 
+def resliced(plan: StudyPlan, n_slices: int) -> StudyPlan:
+    """The same study cut into ``n_slices`` slices over the same range."""
+    top = plan.slice_z(plan.n_slices - 1) + plan.thickness / 2
+    bottom = plan.z_start - plan.thickness / 2
+    thickness = (top - bottom) / n_slices
+    return dataclasses.replace(
+        plan, n_slices=n_slices, thickness=thickness, z_start=bottom + thickness / 2
+    )
+
+
 def draw_lesion(rng: np.random.Generator, subtype: str, plan: StudyPlan) -> Lesion:
-    """One hemorrhage of ``subtype``, sized from subtle to obvious."""
-    c = plan.c
-    hu = rng.uniform(55, 85)
-    if subtype == "epidural":
-        return Lesion(
-            subtype,
-            hu,
-            z0=rng.uniform(-0.15, 0.6) * c,
-            z_radius=rng.uniform(12, 28),
-            angle=rng.uniform(0, 2 * math.pi),
-            angular_radius=rng.uniform(0.25, 0.5),
-            thickness=rng.uniform(6, 20),
-        )
-    if subtype == "subdural":
-        return Lesion(
-            subtype,
-            hu,
-            z0=rng.uniform(-0.1, 0.55) * c,
-            z_radius=rng.uniform(15, 35),
-            angle=rng.uniform(0, 2 * math.pi),
-            angular_radius=rng.uniform(0.5, 1.1),
-            thickness=rng.uniform(3.5, 13),
-        )
-    if subtype == "intraparenchymal":
-        r, phi = rng.uniform(0.1, 0.5), rng.uniform(0, 2 * math.pi)
-        return Lesion(
-            subtype,
-            hu,
-            z0=rng.uniform(-0.15, 0.5) * c,
-            z_radius=rng.uniform(6, 22),
-            center=(r * plan.a * math.cos(phi), r * plan.b * math.sin(phi)),
-            radius=rng.uniform(5, 22),
-            harmonics=tuple(rng.uniform(-1, 1, 4)),
-        )
-    if subtype == "intraventricular":
-        return Lesion(
-            subtype,
-            hu,
-            z0=0.1 * c,
-            z_radius=plan.ventricle[2],
-            side=int(rng.choice([-1, 1])),
-            level=rng.uniform(0.0, 0.8),
-        )
-    if subtype == "subarachnoid":
-        cisternal = bool(rng.random() < 0.5)
-        return Lesion(
-            subtype,
-            hu,
-            z0=(rng.uniform(-0.4, -0.15) if cisternal else rng.uniform(-0.1, 0.55)) * c,
-            z_radius=rng.uniform(15, 35),
-            angle=rng.uniform(0, 2 * math.pi),
-            angular_radius=rng.uniform(0.4, 1.2),
-            cisternal=cisternal,
-        )
-    raise ValueError(f"unknown subtype {subtype!r}")
+    """One hemorrhage of ``subtype`` in ``plan``'s head."""
+    return _draw(rng, subtype, plan.head)
 
 
 @dataclass
 class Grid:
-    """Pixel coordinates of a study's slices (mm), shared by all its slices."""
+    """Scanner coordinates (mm) of a study's pixels, shared by all its slices."""
 
-    x: np.ndarray
-    y: np.ndarray
-    rho: np.ndarray  # normalised ellipse radius sqrt((x/a)^2 + (y/b)^2)
-    phi: np.ndarray  # polar angle
+    x: np.ndarray  # along the image's columns
+    y: np.ndarray  # along its rows (+y posterior, as in DICOM's LPS)
     fov: np.ndarray  # inside the scanner's circular field of view
+    radius2: np.ndarray  # squared distance from the centre, as a share of the field's radius
 
     @classmethod
     def for_plan(cls, plan: StudyPlan) -> Grid:
         half = (plan.size - 1) / 2
         axis = ((np.arange(plan.size, dtype=np.float32) - half) * plan.spacing).astype(np.float32)
-        x, y = np.meshgrid(axis, axis)  # x varies along columns of the image, y along rows
-        rho = np.sqrt((x / plan.a) ** 2 + (y / plan.b) ** 2)
-        phi = np.arctan2(y / plan.b, x / plan.a)
-        fov = (x**2 + y**2) <= (half * plan.spacing) ** 2
-        return cls(x=x, y=y, rho=rho, phi=phi, fov=fov)
+        x, y = np.meshgrid(axis, axis)
+        radius2 = (x**2 + y**2) / np.float32((half * plan.spacing) ** 2)
+        return cls(x=x, y=y, fov=radius2 <= 1, radius2=radius2.astype(np.float32))
 
 
-def _angle_distance(phi: np.ndarray, angle: float) -> np.ndarray:
-    return np.abs(np.angle(np.exp(1j * (phi - angle)))).astype(np.float32)
+@dataclass
+class Plane:
+    hu: np.ndarray
+    masks: dict[str, np.ndarray]
+    petrous: np.ndarray
+    metal: np.ndarray
+
+
+def render_plane(plan: StudyPlan, grid: Grid, z: float, warp: Warp) -> Plane:
+    """The anatomy, confounders and blood of the plane at scanner height ``z`` (no scanner
+    effects yet)."""
+    head = plan.head
+    p = Coords.of_slice(head, grid.x, grid.y, z)
+    hu = np.full(grid.x.shape, -1000.0, dtype=np.float32)
+    v = vault(head, p)
+    body, soft = paint_skull(head, p, v, hu)
+    petrous = paint_base(head, p, v, hu, body, soft)
+    masks: dict[str, np.ndarray] = {}
+    if v.cavity.any():
+        brain = paint_brain(head, p, v, hu, warp)
+        paint_vessels(head, p, v, hu)
+        paint_calcifications(plan.confounders, p, hu)
+        for lesion in plan.lesions:
+            mask = lesion_mask(lesion, head, p, v, brain)
+            if mask.any():
+                paint_lesion(lesion, p, v, mask, hu)
+                masks[lesion.subtype] = masks.get(lesion.subtype, np.zeros_like(mask)) | mask
+    metal = paint_metal(plan.confounders, head, p, hu)
+    return Plane(hu, masks, petrous & (hu > 1000), metal)
 
 
 def render_slice(plan: StudyPlan, k: int, grid: Grid) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """HU (float32, H x W) of slice ``k`` and the masks of the subtypes present on it."""
     z = plan.slice_z(k)
     rng = np.random.default_rng([plan.seed, k])
-    hu = np.full(grid.x.shape, -1000.0, dtype=np.float32)
-    s2 = 1.0 - (z / plan.c) ** 2
-    masks: dict[str, np.ndarray] = {}
-    if s2 > 0.02:
-        s = math.sqrt(s2)
-        mean_axis = (plan.a + plan.b) / 2 * s
-        r = grid.rho / s  # 1 at the scalp surface on this slice
-        depth = (1.0 - r) * mean_axis  # mm below the scalp surface, roughly
-        head = depth >= 0
-        hu[head] = 35.0  # scalp / soft tissue
-        inner = plan.scalp + plan.skull  # depth of the inner table
-        bone = head & (depth >= plan.scalp) & (depth < inner)
-        # skull profile: dense tables, spongier diploe in the middle
-        u = (depth[bone] - plan.scalp) / plan.skull
-        hu[bone] = 1750.0 - 1000.0 * np.sin(np.pi * u) ** 2
-        brain = depth >= inner
-        cortex = depth - inner  # mm below the inner table
-        hu[brain] = plan.white_hu
-        hu[brain & (cortex < 9.0)] = plan.grey_hu
-        wave = np.sin(plan.sulci_count * grid.phi + plan.sulci_phase + 0.05 * z)
-        # sulci ~1.5-2.5 mm wide, deepest near the surface; a thin CSF layer under the skull
-        sulci = brain & (cortex < 8.0) & (np.abs(wave) < 0.22 + 0.08 * (cortex < 2.0))
-        sulci |= brain & (cortex < 1.2)
-        hu[sulci] = plan.csf_hu
-        ventricles = [_ventricle(plan, grid, z, side) for side in (-1, 1)]
-        cisterns = _cisterns(plan, grid, z) & brain
-        hu[cisterns] = plan.csf_hu
-        for v in ventricles:
-            hu[v & brain] = plan.csf_hu
-        for lesion in plan.lesions:
-            mask = _lesion_mask(lesion, plan, grid, z, brain, cortex, sulci, ventricles, cisterns)
-            if mask is None or not mask.any():
-                continue
-            if lesion.subtype == "intraparenchymal":
-                rim = _blob(lesion, grid, z, scale=1.35) & brain & ~mask
-                hu[rim] -= 8.0  # edema
-            hu[mask] = np.maximum(hu[mask], lesion.hu)
-            masks[lesion.subtype] = masks.get(lesion.subtype, np.zeros_like(mask)) | mask
-    hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(plan.noise_hu)
+    warp = plan.warp
+    offsets = (
+        (-plan.thickness / 3, 0.0, plan.thickness / 3) if plan.thickness >= THICK_MM else (0.0,)
+    )
+    planes = [render_plane(plan, grid, z + dz, warp) for dz in offsets]
+    middle = planes[len(planes) // 2]
+    hu = np.mean([pl.hu for pl in planes], axis=0).astype(np.float32)
+    conf = plan.confounders
+    if middle.petrous.any():
+        scan.hounsfield_bar(hu, grid.x, grid.y, middle.petrous, conf.streaks)
+    if middle.metal.any():
+        scan.metal_streaks(hu, grid.x, grid.y, middle.metal)
+    paint_headrest(conf, plan.head, grid.x, grid.y, hu)
+    if conf.motion is not None:
+        first, share, shift, angle = conf.motion
+        if first <= k / plan.n_slices < first + share:
+            hu = scan.motion_ghost(hu, shift / plan.spacing, angle)
+    sc = plan.scanner
+    if plan.noise_scale != 1.0:
+        sc = scan.Scanner(**{**sc.__dict__, "noise_hu": sc.noise_hu * plan.noise_scale})
+    hu = scan.finish(sc, hu, grid.radius2, plan.spacing, rng)
     hu[~grid.fov] = -1000.0
     min_pixels = MIN_LESION_AREA_MM2 / plan.spacing**2
-    masks = {name: m for name, m in masks.items() if m.sum() >= min_pixels}
+    masks = {name: m for name, m in middle.masks.items() if m.sum() >= min_pixels}
     return hu, {name: masks[name] for name in SUBTYPES if name in masks}
-
-
-def _ventricle(plan: StudyPlan, grid: Grid, z: float, side: int) -> np.ndarray:
-    va, vb, vc = plan.ventricle
-    dz = (z - 0.1 * plan.c) / vc
-    if abs(dz) >= 1:
-        return np.zeros(grid.x.shape, bool)
-    scale = 1 - dz**2
-    cx, cy = side * (va + 2.5), -0.05 * plan.b
-    return ((grid.x - cx) / va) ** 2 + ((grid.y - cy) / vb) ** 2 < scale
-
-
-def _blob(lesion: Lesion, grid: Grid, z: float, scale: float = 1.0) -> np.ndarray:
-    dz = (z - lesion.z0) / lesion.z_radius
-    if abs(dz) >= 1:
-        return np.zeros(grid.x.shape, bool)
-    dx, dy = grid.x - lesion.center[0], grid.y - lesion.center[1]
-    theta = np.arctan2(dy, dx)
-    h = lesion.harmonics
-    radius = lesion.radius * (
-        1 + 0.22 * h[0] * np.sin(2 * theta + 3 * h[1]) + 0.15 * h[2] * np.sin(3 * theta + 3 * h[3])
-    )
-    radius *= scale * math.sqrt(1 - dz**2)
-    return dx**2 + dy**2 < radius**2
-
-
-def _cisterns(plan: StudyPlan, grid: Grid, z: float) -> np.ndarray:
-    """Basal cisterns (a ring around the brainstem) and sylvian fissures, low in the head."""
-    if not -0.45 * plan.c < z < -0.12 * plan.c:
-        return np.zeros(grid.x.shape, bool)
-    cy = 0.05 * plan.b
-    ring = np.abs(np.hypot(grid.x, grid.y - cy) - 15.0) < 2.0
-    fissures = np.zeros(grid.x.shape, bool)
-    for side in (-1, 1):  # from the suprasellar cistern out to the sides, angled forward
-        x0, y0, x1, y1 = side * 12.0, cy - 14.0, side * 0.75 * plan.a, cy - 30.0
-        t = np.clip(
-            ((grid.x - x0) * (x1 - x0) + (grid.y - y0) * (y1 - y0))
-            / ((x1 - x0) ** 2 + (y1 - y0) ** 2),
-            0,
-            1,
-        )
-        fissures |= np.hypot(grid.x - (x0 + t * (x1 - x0)), grid.y - (y0 + t * (y1 - y0))) < 1.6
-    return ring | fissures
-
-
-def _lesion_mask(
-    lesion: Lesion,
-    plan: StudyPlan,
-    grid: Grid,
-    z: float,
-    brain: np.ndarray,
-    cortex: np.ndarray,
-    sulci: np.ndarray,
-    ventricles: list[np.ndarray],
-    cisterns: np.ndarray,
-) -> np.ndarray | None:
-    dz = (z - lesion.z0) / lesion.z_radius
-    if abs(dz) >= 1 and lesion.subtype != "intraventricular":
-        return None
-    kind = lesion.subtype
-    if kind in ("epidural", "subdural"):
-        u2 = (_angle_distance(grid.phi, lesion.angle) / lesion.angular_radius) ** 2 + dz**2
-        profile = np.sqrt(np.clip(1 - u2, 0, None))  # lens: thickest in the middle
-        if kind == "subdural":
-            profile = np.clip(1 - u2, 0, None) ** 0.25  # crescent: flat, then a quick taper
-        return brain & (cortex < lesion.thickness * profile)
-    if kind == "intraparenchymal":
-        return _blob(lesion, grid, z) & brain & (cortex > 4.0)
-    if kind == "intraventricular":
-        v = ventricles[0 if lesion.side < 0 else 1]
-        if not v.any():
-            return None
-        ys = grid.y[v]
-        cut = ys.max() - (1 - lesion.level) * (ys.max() - ys.min())  # dependent layering
-        return v & (grid.y >= cut) & brain
-    if kind == "subarachnoid":
-        return _subarachnoid(lesion, grid, dz, brain, cortex, sulci, cisterns)
-    raise ValueError(f"unknown subtype {kind!r}")
-
-
-def _subarachnoid(
-    lesion: Lesion,
-    grid: Grid,
-    dz: float,
-    brain: np.ndarray,
-    cortex: np.ndarray,
-    sulci: np.ndarray,
-    cisterns: np.ndarray,
-) -> np.ndarray:
-    if lesion.cisternal:
-        return cisterns & brain
-    sector = _angle_distance(grid.phi, lesion.angle) < lesion.angular_radius * math.sqrt(
-        max(0.0, 1 - dz**2)
-    )
-    # blood fills the sulci and the subarachnoid space over the convexity of a sector
-    return (sulci | (brain & (cortex < 2.5))) & sector & (cortex > 0.3)

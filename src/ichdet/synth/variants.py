@@ -152,7 +152,7 @@ def thin(ctx: Context) -> None:
         n_slices=plan.n_slices * m,
         thickness=step,
         z_start=plan.z_start - (m - 1) / 2 * step,
-        noise_hu=plan.noise_hu * np.sqrt(m / 2),  # thin slices are noisier
+        noise_scale=plan.noise_scale * float(np.sqrt(m / 2)),  # thin slices are noisier
         seed=plan.seed + 1,
     )
     grid = Grid.for_plan(thin_plan)
