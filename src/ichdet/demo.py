@@ -38,17 +38,17 @@ from ichdet.util.jsonio import read_json
 
 @dataclass(frozen=True)
 class DemoConfig:
-    studies: int = 200
+    studies: int = 260
     synth_size: int = 160
     size: int = 128
     model: str = "tinynet_e"
-    epochs: int = 4
+    epochs: int = 5
     batch_size: int = 16
     lr: float = 3e-3
     context: int = 0
     seed: int = 0
     workers: int = 2
-    sequence_epochs: int = 40
+    sequence_epochs: int = 30
     sequence_lr: float = 3e-3
     sequence_arch: str = "gru"
     threads: int = 2  # torch's CPU threads: results depend on it (reductions split by thread)

@@ -89,7 +89,7 @@ def plan_study(
     """Draw a study: a head, its confounders, the scanner, the slices and (if positive)
     1-3 hemorrhages."""
     head = draw_head(rng)
-    fov = rng.uniform(2 * head.b + 60, 2 * head.b + 120)
+    fov = rng.uniform(2 * head.b + 40, 2 * head.b + 90)
     n_slices = int(rng.integers(24, 61))
     bottom = -rng.uniform(0.95, 1.3) * head.c
     top = head.c + head.skull + head.scalp + rng.uniform(-4, 8)

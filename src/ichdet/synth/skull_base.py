@@ -32,8 +32,10 @@ def paint_base(
         petrous = _petrous(head, p, hu)
     if z0 < -0.75 * c:
         _neck(head, p, hu)
-    if z0 < -0.02 * c and z1 > -0.24 * c:  # the frontal sinus sits in the frontal bone
-        _air_in_bone(hu, ellipsoid(p, (0, -b - 0.5 * head.skull, -0.12 * c), (15, 6, 12)), 1.0)
+    if z0 < -0.02 * c and z1 > -0.24 * c:  # the frontal sinus: between the frontal bone's tables
+        _air_in_bone(
+            hu, ellipsoid(p, (0, -b - 0.5 * head.skull, -0.12 * c), (15, 0.3 * head.skull, 12)), 1.0
+        )
     if z0 < -0.2 * c:
         _orbits(head, p, hu, body)
     hu[~body & ~_globes(head, p)] = AIR
