@@ -28,7 +28,12 @@ test: lint
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-demo: install
+# the demo's figures depend on library versions: it runs with the versions they were measured with
+$(BIN)/.demo-pinned: constraints/demo.txt $(BIN)/.installed
+	$(BIN)/python -m pip install -q -c constraints/demo.txt -e .
+	touch $@
+
+demo: install $(BIN)/.demo-pinned
 	$(BIN)/ichdet demo
 
 bench: install
