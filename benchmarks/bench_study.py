@@ -24,13 +24,12 @@ from ichdet.dicom.write import ct_dataset, save_dataset
 from ichdet.inference.export import export_onnx
 from ichdet.inference.predict import predict
 from ichdet.inference.runners import load_runner
-from ichdet.synth.phantom import Grid, plan_study, render_slice
+from ichdet.synth.phantom import Grid, plan_study, render_slice, resliced
 
 
 def write_study(folder: Path, slices: int) -> None:
     rng = np.random.default_rng(0)
-    plan = plan_study(rng, 512, positive=True)
-    plan.n_slices, plan.thickness = slices, 150.0 / slices
+    plan = resliced(plan_study(rng, 512, positive=True), slices)
     grid = Grid.for_plan(plan)
     for k in range(slices):
         hu, _ = render_slice(plan, k, grid)

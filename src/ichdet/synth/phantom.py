@@ -72,10 +72,6 @@ class StudyPlan:
         return self.z_start + k * self.thickness
 
     @property
-    def c(self) -> float:
-        return self.head.c
-
-    @property
     def warp(self) -> Warp:
         return mass_effect(self.lesions)
 

@@ -107,5 +107,5 @@ def motion_ghost(hu: np.ndarray, shift_px: float, angle: float) -> np.ndarray:
     cols = np.arange(hu.shape[1], dtype=np.float32)[None, :]
     wave = np.sin((rows * math.cos(angle + 1.2) + cols * math.sin(angle + 1.2)) * 0.35)
     head = hu > -500
-    out[head] += (6.0 * wave * np.broadcast_to(np.ones_like(cols), hu.shape))[head]
+    out[head] += (6.0 * wave)[head]
     return out.astype(np.float32)
