@@ -227,3 +227,36 @@ def test_the_masks_hold_the_blood_painted_at_its_density():
                 assert (values >= min(densities)).all()
             checked += 1
     assert checked > 10
+
+
+def test_shapes_a_slice_misses_are_skipped_without_changing_a_pixel():
+    from ichdet.synth.head import Coords, ellipsoid, tube
+
+    rng = np.random.default_rng(0)
+    x, y = np.meshgrid(np.linspace(-60, 60, 40), np.linspace(-60, 60, 40))
+    skipped = 0
+    for _ in range(200):
+        tilt = rng.uniform(-0.3, 0.3)
+        p = Coords(
+            x.astype(np.float32),
+            y.astype(np.float32),
+            (rng.uniform(-40, 40) + tilt * y).astype(np.float32),
+        )
+        center, axes = tuple(rng.uniform(-40, 40, 3)), tuple(rng.uniform(2, 15, 3))
+        q = ((p.x - center[0]) / axes[0]) ** 2 + ((p.y - center[1]) / axes[1]) ** 2
+        q = q + ((p.z - center[2]) / axes[2]) ** 2
+        for threshold in (0.88, 1.0, 1.15, 1.15**2):
+            np.testing.assert_array_equal(ellipsoid(p, center, axes) < threshold, q < threshold)
+        start, end, radius = tuple(rng.uniform(-40, 40, 3)), tuple(rng.uniform(-40, 40, 3)), 5.0
+        s, e = np.array(start), np.array(end)
+        t = np.clip(
+            ((p.x - s[0]) * (e - s)[0] + (p.y - s[1]) * (e - s)[1] + (p.z - s[2]) * (e - s)[2])
+            / float((e - s) @ (e - s)),
+            0,
+            1,
+        )
+        near = (p.x - s[0] - t * (e - s)[0]) ** 2 + (p.y - s[1] - t * (e - s)[1]) ** 2
+        near = np.sqrt(near + (p.z - s[2] - t * (e - s)[2]) ** 2) < radius
+        np.testing.assert_array_equal(tube(p, start, end, radius), near)
+        skipped += p.misses(center[2] - 1.25 * axes[2], center[2] + 1.25 * axes[2])
+    assert skipped > 20  # the shortcut was taken often enough to be tested

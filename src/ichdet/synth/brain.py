@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ichdet.synth.head import Coords, Head, capsule, ellipsoid
+from ichdet.synth.head import Coords, Head, ellipsoid, tube
 from ichdet.synth.vault import Vault, tentorium_z
 
 
@@ -166,10 +166,9 @@ def _csf_spaces(
         quadrigeminal = ellipsoid(p, (0, 0.22 * b, -0.25 * c), (8, 5, 6)) < 1
         sylvian = np.zeros_like(fissure)
         for side in (-1, 1):  # a sheet from the suprasellar cistern out and a little forward
-            line = capsule(
-                Coords(p.x, p.y, p.x * 0), (side * 14, -0.18 * b, 0), (side * 0.85 * a, -0.3 * b, 0)
-            )
-            sylvian |= line < 1.0 + 2 * widen
+            flat = Coords(p.x, p.y, p.x * 0)  # a vertical sheet: the distance in the plane
+            start, end = (side * 14, -0.18 * b, 0), (side * 0.85 * a, -0.3 * b, 0)
+            sylvian |= tube(flat, start, end, 1.0 + 2 * widen)
         sylvian &= (p.z > -0.45 * c) & (p.z < -0.08 * c)
         cisterns = v.cavity & (star | ambient | quadrigeminal | sylvian)
     hu[fissure | cisterns] = head.csf_hu
@@ -189,9 +188,9 @@ def _infratentorial(
     hu[infra] = (mix + 3 + 3.0 * folia)[infra]
     hu[infra & (v.depth > 16)] = head.white_hu + 2
     hu[infra & (v.depth < 8) & (np.abs(folia) < 0.15 + 0.25 * head.atrophy)] = head.csf_hu
-    stem = capsule(p, (0, 0.06 * b, -0.22 * c), (0, 0.16 * b, -1.0 * c)) < 12.0
+    stem = tube(p, (0, 0.06 * b, -0.22 * c), (0, 0.16 * b, -1.0 * c), 12.0)
     hu[v.cavity & stem] = mix + 4
-    prepontine = (capsule(p, (0, -0.06 * b, -0.4 * c), (0, 0.04 * b, -0.95 * c)) < 4.0) & ~stem
+    prepontine = (tube(p, (0, -0.06 * b, -0.4 * c), (0, 0.04 * b, -0.95 * c), 4.0)) & ~stem
     hu[v.cavity & prepontine] = head.csf_hu
     magna = ellipsoid(p, (0, 0.8 * b, -0.86 * c), (10, 8, 10)) < 1
     hu[infra & magna] = head.csf_hu

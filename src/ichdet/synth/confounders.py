@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ichdet.synth.head import Coords, Head, capsule, ellipsoid
+from ichdet.synth.head import Coords, Head, ellipsoid, tube
 from ichdet.synth.vault import Vault
 
 METAL_HU = 3071.0  #: the top of a 12-bit CT range, where metal saturates
@@ -85,7 +85,7 @@ def paint_vessels(head: Head, p: Coords, v: Vault, hu: np.ndarray) -> None:
             )
             tubes.append(((side * 12, -0.36 * b, -0.56 * c), (side * 12, -0.2 * b, -0.56 * c), 4.0))
         for start, end, radius in tubes:
-            vessels |= capsule(p, start, end) < radius
+            vessels |= tube(p, start, end, radius)
     hu[vessels & (hu > -200) & (hu < 200)] = dense
 
 

@@ -9,7 +9,7 @@ pose puts it, and neighbouring slices agree. Pure numpy; no I/O.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -109,6 +109,7 @@ class Coords:
     x: np.ndarray
     y: np.ndarray
     z: np.ndarray
+    _z_range: tuple[float, float] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def of_slice(cls, head: Head, x: np.ndarray, y: np.ndarray, z: float) -> Coords:
@@ -124,11 +125,28 @@ class Coords:
 
     @property
     def z_range(self) -> tuple[float, float]:
-        return float(self.z.min()), float(self.z.max())
+        """The lowest and highest head z on the slice (computed once)."""
+        if self._z_range is None:
+            self._z_range = (float(self.z.min()), float(self.z.max()))
+        return self._z_range
+
+    def misses(self, low: float, high: float) -> bool:
+        """True when no pixel of the slice has a head z within [low, high]."""
+        z0, z1 = self.z_range
+        return high < z0 or low > z1
+
+
+#: What :func:`ellipsoid` gives for a slice that misses it by far: outside every threshold
+#: the phantom compares it with (all <= 1.25^2).
+FAR = 4.0
 
 
 def ellipsoid(p: Coords, center: tuple[float, ...], axes: tuple[float, ...]) -> np.ndarray:
-    """(normalised radius)^2 of an axis-aligned ellipsoid: < 1 inside."""
+    """(normalised radius)^2 of an axis-aligned ellipsoid: < 1 inside. A slice that passes more
+    than 1.25 semi-axes above or below it gets ``FAR`` everywhere, without the arithmetic."""
+    reach = 1.25 * axes[2]
+    if p.misses(center[2] - reach, center[2] + reach):
+        return np.full(p.z.shape, FAR, np.float32)
     return (
         ((p.x - center[0]) / axes[0]) ** 2
         + ((p.y - center[1]) / axes[1]) ** 2
@@ -136,15 +154,18 @@ def ellipsoid(p: Coords, center: tuple[float, ...], axes: tuple[float, ...]) -> 
     )
 
 
-def capsule(p: Coords, start: tuple[float, ...], end: tuple[float, ...]) -> np.ndarray:
-    """Distance (mm) of each point from the segment start-end: a tube is ``capsule < r``."""
+def tube(p: Coords, start: tuple[float, ...], end: tuple[float, ...], radius: float) -> np.ndarray:
+    """The points within ``radius`` mm of the segment start-end (a capsule)."""
+    if p.misses(min(start[2], end[2]) - radius, max(start[2], end[2]) + radius):
+        return np.zeros(p.z.shape, bool)
     s, e = np.asarray(start, np.float32), np.asarray(end, np.float32)
     d = e - s
     t = ((p.x - s[0]) * d[0] + (p.y - s[1]) * d[1] + (p.z - s[2]) * d[2]) / float(d @ d)
     t = np.clip(t, 0, 1)
-    return np.sqrt(
+    distance2 = (
         (p.x - s[0] - t * d[0]) ** 2 + (p.y - s[1] - t * d[1]) ** 2 + (p.z - s[2] - t * d[2]) ** 2
     )
+    return np.sqrt(distance2) < radius
 
 
 def sigmoid(v: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ichdet.synth.head import Coords, Head, capsule, ellipsoid
+from ichdet.synth.head import Coords, Head, ellipsoid, tube
 from ichdet.synth.vault import Vault, petrous_y
 
 AIR, FAT, MUSCLE = -1000.0, -90.0, 45.0
@@ -67,7 +67,7 @@ def _orbits(head: Head, p: Coords, hu: np.ndarray, body: np.ndarray) -> None:
         cone = ellipsoid(p, (x, -b + 6, z), (17, 26, 16))
         hu[(cone < 1.15) & (cone >= 1) & body] = 800.0  # the bony walls
         hu[(cone < 1) & body] = FAT
-        nerve = capsule(p, (x, -b - 4, z), (side * 9, -0.42 * b, z + 4)) < 2.5
+        nerve = tube(p, (x, -b - 4, z), (side * 9, -0.42 * b, z + 4), 2.5)
         hu[nerve & (cone < 1) & body] = 32.0
         globe = ellipsoid(p, (x, -b - 6, z), (12, 12, 12))
         hu[globe < 1] = 10.0
@@ -100,13 +100,13 @@ def _petrous(head: Head, p: Coords, hu: np.ndarray) -> np.ndarray:
     for side in (-1, 1):
         lateral = (side * 0.88 * a, petrous_y(head, 0.88) + 6, -0.66 * c)
         medial = (side * 0.2 * a, petrous_y(head, 0.2) + 4, -0.6 * c)
-        bone = capsule(p, lateral, medial) < 8.0
+        bone = tube(p, lateral, medial, 8.0)
         hu[bone] = 1.15 * head.bone_hu
         petrous |= bone
         mastoid = ellipsoid(p, (side * (a - 2), 0.42 * b, -0.74 * c), (10, 13, 12)) < 1
         honeycomb = np.sin(p.x * 1.1) * np.sin(p.y * 1.3) * np.sin(p.z * 1.2) > -0.1
         hu[mastoid] = np.where(honeycomb[mastoid], AIR, 900.0)
-    clivus = capsule(p, (0, -0.24 * b, -0.6 * c), (0, 0.04 * b, -0.98 * c)) < 6.5
+    clivus = tube(p, (0, -0.24 * b, -0.6 * c), (0, 0.04 * b, -0.98 * c), 6.5)
     hu[clivus] = 0.7 * head.bone_hu
     return petrous
 
