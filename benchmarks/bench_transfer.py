@@ -6,6 +6,8 @@ slices, and a CQ500 scan read as epidural + subarachnoid): p(any) per study from
 the same slices.
 
     python benchmarks/bench_transfer.py [--model demo-run/run] [--data ../shared/real-sample]
+    python benchmarks/bench_transfer.py --rule-on SYNTH   # the HU rule's study AUC on the
+                                                          # test split of an `ichdet synth` set
 
 Both real studies are positive: this shows saturation (every slice ~1) or its absence and
 whether the profile follows the bleed, not an AUC. Do not tune on it (see README).
@@ -61,11 +63,42 @@ def run(model: Path, data: Path) -> None:
         print(f"  HU rule candidate area along z (cm2): {_profile(rule.slice_area_mm2 / 100)}")
 
 
+def rule_auc(synth: Path) -> None:
+    """The HU rule's study AUC(any) on the test split of a synthetic set (its truth is known)."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    truth = pd.read_csv(synth / "stage_2_test_labels.csv")
+    truth = truth[truth["ID"].str.endswith("_any")]
+    positive = dict(zip(truth["ID"].str[: -len("_any")], truth["Label"], strict=True))
+    studies: dict[str, list[tuple[float, Path]]] = {}
+    for path in (synth / "stage_2_test").glob("*.dcm"):
+        meta = read_meta(path)
+        studies.setdefault(meta.study_instance_uid, []).append((meta.z, path))
+    labels, scores = [], []
+    for slices in studies.values():
+        files = [p for _, p in sorted(slices)]
+        z = [z for z, _ in sorted(slices)]
+        spacing = read_meta(files[0]).pixel_spacing or (1.0, 1.0)
+        step = float(np.median(np.diff(z))) if len(z) > 1 else 5.0
+        rule = score_volume([read_slice(p).hu for p in files], float(spacing[0]), step)
+        labels.append(max(positive[p.stem] for p in files))
+        scores.append(rule.volume_ml)
+    print(
+        f"HU rule on {synth}: {len(labels)} test studies, {sum(labels)} with hemorrhage, "
+        f"study AUC(any) {roc_auc_score(labels, scores):.3f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="demo-run/run")
     parser.add_argument("--data", default=str(Path(__file__).parents[1] / "../shared/real-sample"))
+    parser.add_argument("--rule-on", help="an `ichdet synth` folder: the HU rule's study AUC")
     args = parser.parse_args()
+    if args.rule_on:
+        rule_auc(Path(args.rule_on))
+        return
     data = Path(args.data)
     if not data.is_dir():
         sys.exit(f"no real sample at {data}: this benchmark needs ../shared/real-sample")
