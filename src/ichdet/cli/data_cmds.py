@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from ichdet.cli.common import console, err, fail
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def synth(
@@ -76,9 +80,19 @@ def index(
     ),
     workers: int = typer.Option(1, help="parallel processes"),
     seed: int = typer.Option(0, help="fold seed"),
+    masks: Path | None = typer.Option(
+        None,
+        help="hemorrhage masks to join by geometry: per-slice .npz (ichdet synth --masks), "
+        "NIfTI label maps or DICOM SEG (README: Masks)",
+    ),
+    mask_labels: str | None = typer.Option(
+        None,
+        help="NIfTI label values, e.g. 1=intraparenchymal,2=intraventricular "
+        "(default 1..5 = epidural, intraparenchymal, intraventricular, subarachnoid, subdural)",
+    ),
 ) -> None:
-    """One row per readable image: ids, z, split, source, labels, fold."""
-    from ichdet.data.index import build_index, index_paths, write_index
+    """One row per readable image: ids, z, split, source, labels, fold (+ masks)."""
+    from ichdet.data.index import build_index, write_index
     from ichdet.util.progress import progress_bar
 
     try:
@@ -93,10 +107,18 @@ def index(
                 progress=advance,
                 total=advance.set_total,
             )
+        if masks is not None:
+            df, errors, report = _join_masks(df, errors, report, masks, mask_labels, out)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     write_index(df, errors, report, out)
-    _, errors_path, report_path = index_paths(out)
+    _print_index(df, errors, report, out)
+
+
+def _print_index(df: pd.DataFrame, errors: pd.DataFrame, report: dict, out: Path) -> None:
+    from ichdet.data.index import index_paths
+
+    _, errors_path, _ = index_paths(out)
     console.print(f"indexed {len(df)} images ({report['by_split']}) -> {out}")
     if "labels_without_images" in report:
         console.print(
@@ -113,6 +135,30 @@ def index(
         err.print(f"skipped {len(errors)} file(s); reasons in {errors_path}", style="yellow")
         for source, reason in errors.head(5).itertuples(index=False):
             err.print(f"  {source}: {reason}")
+
+
+def _join_masks(
+    df: pd.DataFrame,
+    errors: pd.DataFrame,
+    report: dict,
+    masks: Path,
+    mask_labels: str | None,
+    out: Path,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The index with its masks joined (``ichdet.data.mask_join``); mask errors join the
+    index's errors, the counts its report."""
+    import pandas as pd
+
+    from ichdet.data.mask_join import attach_masks, parse_label_map
+
+    folder = out.with_name(out.with_suffix("").name + ".masks")
+    df, problems, found = attach_masks(df, masks, folder, parse_label_map(mask_labels))
+    console.print(
+        f"masks ({found['layout']}): {found['slices_known']} slices of {found['series_known']} "
+        f"series known, {found['slices_with_blood']} with blood"
+    )
+    extra = pd.DataFrame(problems, columns=["source", "reason"])
+    return df, pd.concat([errors, extra], ignore_index=True), {**report, "masks": found}
 
 
 def prepare(

@@ -12,6 +12,13 @@ from ichdet.cli.common import console, err, fail
 if TYPE_CHECKING:
     from ichdet.inference.predict import PredictResult
     from ichdet.inference.runners import Runner
+    from ichdet.inference.seg_runner import Segmenter
+
+
+SEGMENTER_HELP = (
+    "a segmenter run, checkpoint or .onnx (ichdet train --task segment): volumes in "
+    "studies.csv, masks in OUT/masks, overlays, DICOM SEG"
+)
 
 
 def predict(
@@ -42,8 +49,9 @@ def predict(
         True, help="look at 3 slices of a series before reading it (head? soft kernel?)"
     ),
     site: Path | None = typer.Option(None, help="site thresholds (ichdet validate --fit-site)"),
+    segmenter: list[Path] = typer.Option([], help=SEGMENTER_HELP),
 ) -> None:
-    """Per-slice and per-study probabilities (+ Kaggle submission, + HTML reports)."""
+    """Per-slice and per-study probabilities (+ volumes, Kaggle submission, HTML reports)."""
     if len(inputs) < 2:
         fail("give at least one MODEL and an INPUT")
     *models, data = inputs
@@ -57,14 +65,9 @@ def predict(
         selection = SelectionOptions(series=series, slab=parse_slab(slab), image_check=image_check)
         runner = with_site(load_runner(models, device=device, tta=tta, batch_size=batch_size), site)
         with progress_bar(None, "predict") as advance:
+            seg = _segmenter(segmenter, device)
             result = run_predict(
-                runner,
-                data,
-                out,
-                workers=workers,
-                progress=advance,
-                total=advance.set_total,
-                selection=selection,
+                runner, data, out, workers, advance, advance.set_total, selection, seg
             )
     except (FileNotFoundError, ValueError, ImportError) as exc:
         fail(str(exc))
@@ -73,6 +76,14 @@ def predict(
         _write_reports(runner, result, out)
     if dicom_out is not None:
         _write_dicom(runner, result, dicom_out)
+
+
+def _segmenter(paths: list[Path], device: str) -> Segmenter | None:
+    if not paths:
+        return None
+    from ichdet.inference.seg_runner import load_segmenter
+
+    return load_segmenter(paths, device=device)
 
 
 def with_site(runner: Runner, site: Path | None) -> Runner:
@@ -104,6 +115,13 @@ def _summarise(result: PredictResult) -> None:
             + "; ".join(f"{n} x {r}" for r, n in reasons.items())
             + " (columns status, reason of studies.csv; series.csv says why per series)",
             style="bold yellow",
+        )
+    if "volume_ml_any" in result.studies:
+        measured = result.studies["volume_ml_any"].notna()
+        console.print(
+            f"volumes of {int(measured.sum())} study(ies) in studies.csv (volume_ml_*, "
+            f"thickness_mm_*); {int((result.studies['volume_ml_any'] > 0).sum())} with blood "
+            "segmented; masks in masks/"
         )
     if result.submission is not None:
         console.print(

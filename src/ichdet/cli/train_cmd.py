@@ -18,7 +18,13 @@ from typing import Any
 import typer
 
 from ichdet.cli.common import console, fail
-from ichdet.training.config import TASKS, FoldConfig, SequenceTrainConfig, TrainConfig
+from ichdet.training.config import (
+    TASKS,
+    FoldConfig,
+    SegmentTrainConfig,
+    SequenceTrainConfig,
+    TrainConfig,
+)
 
 #: Fields whose command-line form differs from ``--name VALUE`` of the field's type.
 _CLI_TYPE: dict[str, type] = {"fold": str}  # a number or "all"
@@ -79,12 +85,18 @@ def settings_from(values: dict[str, Any]) -> FoldConfig:
 
 
 def train(**values: Any) -> None:
-    """Train the slice CNN (EfficientNet or any timm model), or with --task sequence the series
-    stage over a trained CNN; one fold or all folds (CV); validate every epoch."""
+    """Train the slice CNN (EfficientNet or any timm model), with --task sequence the series
+    stage over a trained CNN, with --task segment the segmenter (U-Net, masks from `ichdet
+    index --masks`); one fold or all folds (CV); validate every epoch."""
     resume, force = values.pop("resume"), values.pop("force")
     try:
         cfg = settings_from(values)
         fit_fold = _fit_function(cfg)
+        if isinstance(cfg, SegmentTrainConfig):
+            if cfg.all_folds:
+                raise ValueError("the segmenter trains one fold at a time (--fold K)")
+            _print_segment(fit_fold(cfg, resume=resume, log=console.print, force=force), cfg)
+            return
         if cfg.all_folds:
             from ichdet.training.cv import fit_all
 
@@ -111,7 +123,21 @@ def train(**values: Any) -> None:
     )
 
 
+def _print_segment(report: dict[str, Any], cfg: FoldConfig) -> None:
+    dice, volume = report["dice"], report["volume"]
+    console.print(
+        f"segmenter fold {cfg.fold}: Dice(any) {dice['any']:.3f}, pooled over subtypes "
+        f"{dice['pooled']:.3f}; volume CCC {volume['ccc']:.3f}, bias {volume['bias']:+.2f} mL "
+        f"(limits {volume['lower']:+.2f}..{volume['upper']:+.2f}) over {report['series']} "
+        f"series -> {cfg.out}"
+    )
+
+
 def _fit_function(cfg: FoldConfig) -> Any:
+    if isinstance(cfg, SegmentTrainConfig):
+        from ichdet.training.segment_task import fit_segment
+
+        return fit_segment
     if isinstance(cfg, SequenceTrainConfig):
         from ichdet.training.sequence_task import fit_sequence
 
@@ -130,6 +156,8 @@ def _install_signature() -> None:
     slice_fields = sorted(fields(TrainConfig), key=lambda f: rank.get(f.name, len(rank)))
     known = {f.name for f in slice_fields}
     extra = [f for f in fields(SequenceTrainConfig) if f.name not in known]
+    known |= {f.name for f in extra}
+    extra += [f for f in fields(SegmentTrainConfig) if f.name not in known]
     params = [_parameter(f, hints[f.name]) for f in [*slice_fields, *extra]]
     params = [
         params[0],

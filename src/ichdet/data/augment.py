@@ -44,3 +44,10 @@ class RandomTrainAugment(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return random_window_jitter(self.geometric(x), self.windows)
+
+    def pair(self, x: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and their masks (N x L x H x W in [0, 1]) moved by the same flip and affine
+        (masks interpolated bilinearly: soft edges); window jitter on the images only."""
+        moved = self.geometric(torch.cat([x, masks.to(x.dtype)], dim=1))
+        c = x.shape[1]
+        return random_window_jitter(moved[:, :c], self.windows), moved[:, c:]

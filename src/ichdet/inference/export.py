@@ -28,7 +28,7 @@ from torch import nn
 
 from ichdet.inference.runners import ONNX_META_KEY, TorchRunner
 from ichdet.inference.series import TorchSeries
-from ichdet.models.checkpoint import find_checkpoints
+from ichdet.models.checkpoint import find_checkpoints, load_checkpoint
 from ichdet.util.atomic import atomic_path
 from ichdet.util.digest import file_digest
 
@@ -135,7 +135,10 @@ def export_onnx(
     """Export run dirs / checkpoints to ``out`` (and the series stage beside it, when the run
     has one: ``<out stem>.sequence.onnx``); returns the path of ``out``."""
     out = Path(out)
-    runner = TorchRunner(find_checkpoints([Path(m) for m in models]), device="cpu")
+    checkpoints = find_checkpoints([Path(m) for m in models])
+    if load_checkpoint(checkpoints[0])["kind"] == "segmenter":
+        return _export_segmenter(checkpoints, out, opset)
+    runner = TorchRunner(checkpoints, device="cpu")
     size = runner.spec.settings.size
     example = (torch.rand(2, runner.spec.channels, size, size),)
     batch = {"x": {0: torch.export.Dim("batch")}}
@@ -184,3 +187,28 @@ def _export_series(series: TorchSeries, out: Path, opset: int) -> Path:
     proto = _export(module, example, names, dynamic, opset, dynamo=False)
     path = out.with_name(out.stem + ".sequence.onnx")
     return _save(proto, {"sequence_models": series.names, "opset": opset}, path)
+
+
+def _export_segmenter(checkpoints: list[Path], out: Path, opset: int) -> Path:
+    """A segmenter (or an ensemble): float32 N x C x H x W -> probabilities N x 5 x H x W."""
+    from ichdet.inference.seg_runner import KIND, TorchSegmenter
+
+    seg = TorchSegmenter(checkpoints, device="cpu")
+    size = seg.spec.settings.size
+    example = (torch.rand(2, seg.spec.channels, size, size),)
+    proto = _export(
+        Probabilities(seg.models).eval(),
+        example,
+        (["image"], ["probabilities"]),
+        {"x": {0: torch.export.Dim("batch")}},
+        opset,
+    )
+    meta = {
+        "kind": KIND,
+        "cache_settings": seg.spec.settings.to_dict(),
+        "context": seg.spec.context,
+        "models": seg.names,
+        "opset": opset,
+        "synthetic_only": seg.synthetic_only,
+    }
+    return _save(proto, meta, out)

@@ -22,6 +22,8 @@ from ichdet.evaluation.metrics import from_long, to_long
 from ichdet.evaluation.site import apply_site
 from ichdet.inference.decode import decode_ahead, frame_rows, series_chunks
 from ichdet.inference.runners import Runner
+from ichdet.inference.seg_runner import Segmenter
+from ichdet.inference.segment import clear_masks, segment_outputs, with_volumes
 from ichdet.inference.series import SliceOutputs
 from ichdet.inference.study_outputs import (
     series_table,
@@ -201,6 +203,8 @@ def write_outputs(out: Path, frames: dict[str, pd.DataFrame], runner: Runner) ->
         "study_thresholds": {k: float(v) for k, v in runner.study_thresholds.items()},
         "thresholds_from": (getattr(runner, "site", None) or {}).get("source", "model"),
     }
+    if any((out / "masks").glob("*.npz")):
+        manifest["masks"] = "masks"
     write_json(out / MANIFEST, manifest)
     return files
 
@@ -213,11 +217,13 @@ def predict(
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
     selection: SelectionOptions | None = None,
+    segmenter: Segmenter | None = None,
 ) -> PredictResult:
     """Run ``runner`` (see ichdet.inference.runners) over ``data``; write the CSVs into ``out``.
 
     Each study's series are classified and the ones to read chosen first (``selection``; the
-    model's training spacing by default; a Kaggle test set is read whole). ``progress(n)`` is
+    model's training spacing by default; a Kaggle test set is read whole); a ``segmenter`` adds
+    volumes and ``out/masks`` (ichdet.inference.segment). ``progress(n)`` is
     called as files are done; ``total(n)`` once the count of images to read is known.
     """
     out = Path(out)
@@ -238,6 +244,7 @@ def predict(
         plan.rows,
     )
     error_rows = [*given.errors.itertuples(index=False, name=None), *scores.errors]
+    studies, error_rows = _measured(segmenter, plan.rows, out, workers, studies, error_rows)
     frames = {
         "slices": slices,
         "studies": studies,
@@ -262,6 +269,23 @@ def predict(
         given.index,
         frames["series"],
     )
+
+
+def _measured(
+    segmenter: Segmenter | None,
+    rows: pd.DataFrame,
+    out: Path,
+    workers: int,
+    studies: pd.DataFrame,
+    errors: list,
+) -> tuple[pd.DataFrame, list]:
+    """Studies with their volumes, and the errors with the segmenter's (with a segmenter);
+    the masks of an earlier run in ``out`` are removed either way."""
+    clear_masks(out)
+    if segmenter is None:
+        return studies, errors
+    volumes, seg_errors = segment_outputs(segmenter, rows, out, workers)
+    return with_volumes(studies, volumes), errors + seg_errors
 
 
 def _options(selection: SelectionOptions | None, runner: Runner, given: Input) -> SelectionOptions:

@@ -198,6 +198,8 @@ class OnnxRunner:
         if raw is None:
             raise ValueError(f"{path}: not an ichdet model (no '{ONNX_META_KEY}' metadata)")
         meta = json.loads(raw)
+        if meta.get("kind", "slice_cnn") != "slice_cnn":
+            raise ValueError(f"{path}: an exported {meta['kind']}, not a slice model")
         self.spec = InputSpec(CacheSettings.from_dict(meta["cache_settings"]), int(meta["context"]))
         self.thresholds = meta.get("thresholds") or default_thresholds()
         self.input_name = self.session.get_inputs()[0].name

@@ -18,7 +18,11 @@ Builder = Callable[[dict[str, Any]], nn.Module]
 
 _BUILDERS: dict[str, Builder] = {}
 #: Kinds shipped with ichdet and the module that registers each.
-_MODULES = {"slice_cnn": "ichdet.models.slice_cnn", "sequence": "ichdet.models.sequence"}
+_MODULES = {
+    "slice_cnn": "ichdet.models.slice_cnn",
+    "sequence": "ichdet.models.sequence",
+    "segmenter": "ichdet.models.segmenter",
+}
 
 
 def register(kind: str) -> Callable[[Builder], Builder]:

@@ -72,7 +72,9 @@ class FoldConfig(LoopConfig):
     #: The value of ``task`` that selects this config (``ichdet train --task``).
     TASK: ClassVar[str] = ""
 
-    task: str = _opt("slice", "what to train: slice (the CNN) | sequence (the series stage)")
+    task: str = _opt(
+        "slice", "what to train: slice (the CNN) | sequence (the series stage) | segment"
+    )
     index: str | None = _opt(None, "index parquet with folds")
     cache: str | None = _opt(None, "cache root (from `ichdet prepare`) or its folder")
     fold: int | str = _opt(0, "fold number, or 'all' for every fold (CV)")
@@ -153,8 +155,31 @@ class SequenceTrainConfig(FoldConfig):
     study_weight: float = _opt(1.0, "sequence task: weight of the study-level loss")
 
 
+@dataclass
+class SegmentTrainConfig(TrainConfig):
+    """``ichdet train --task segment``: the segmenter (a U-Net over a timm encoder) on the
+    index's masks (``ichdet index --masks``); the slice CNN's data and model settings."""
+
+    TASK: ClassVar[str] = "segment"
+
+    task: str = _opt("segment", "what to train: slice | sequence | segment")
+    size: int = _opt(256, "input size (a cache of this size must exist; a multiple of 32)")
+    decoder: str = _opt("unet", "segment task: unet | fpn (segmentation_models_pytorch)")
+    negatives: float = _opt(1.0, "segment task: empty slices per slice with blood in training")
+    dice_weight: float = _opt(1.0, "segment task: weight of the Dice loss beside BCE")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.size % 32:
+            raise ValueError(f"the segmenter's size must be a multiple of 32, not {self.size}")
+
+
 #: ``task`` -> its config class.
-TASKS: dict[str, type[FoldConfig]] = {"slice": TrainConfig, "sequence": SequenceTrainConfig}
+TASKS: dict[str, type[FoldConfig]] = {
+    "slice": TrainConfig,
+    "sequence": SequenceTrainConfig,
+    "segment": SegmentTrainConfig,
+}
 
 
 def config_for(settings: dict[str, Any], source: str = "config") -> FoldConfig:

@@ -1,0 +1,75 @@
+"""Hemorrhage masks per slice: the files, and the index columns that point at them.
+
+A slice's mask is an ``.npz`` of boolean H x W arrays named by subtype (a subtype that is absent
+is empty), in the slice's own pixel grid: what ``ichdet synth --masks`` writes and what
+``ichdet index --masks`` writes for masks it joined from NIfTI or DICOM SEG files.
+
+Index columns: ``mask_known`` (the slice's mask is known: ``mask`` names its file, or "" for a
+slice known to hold no blood) and ``mask``. Slices of series with no mask stay unknown and take
+no part in segmentation training or scoring.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ichdet.labels import SUBTYPES
+from ichdet.util.atomic import atomic_path
+
+#: Largest mask file read (a 1024 x 1024 slice of five subtypes packs into far less).
+MAX_MASK_BYTES = 64 * 2**20
+
+
+def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A slice's mask file -> bool array 5 x H x W (SUBTYPES order); ``shape`` checks H x W."""
+    path = Path(path)
+    if path.stat().st_size > MAX_MASK_BYTES:
+        raise ValueError(f"{path}: mask file larger than {MAX_MASK_BYTES // 2**20} MiB")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            planes = {name: np.asarray(data[name]) for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable mask file ({exc})") from exc
+    unknown = sorted(set(planes) - set(SUBTYPES))
+    if unknown:
+        raise ValueError(f"{path}: unknown subtype(s) {', '.join(unknown)}")
+    shapes = {p.shape for p in planes.values()} | ({tuple(shape)} if shape else set())
+    if len(shapes) > 1 or any(len(s) != 2 for s in shapes):
+        raise ValueError(f"{path}: mask planes of shapes {sorted(shapes)}; expected one H x W")
+    if not shapes:
+        raise ValueError(f"{path}: an empty mask file needs the slice's shape")
+    rows, columns = shapes.pop()
+    out = np.zeros((len(SUBTYPES), rows, columns), dtype=bool)
+    for k, name in enumerate(SUBTYPES):
+        if name in planes:
+            out[k] = planes[name] != 0
+    return out
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
+    """Write a 5 x H x W mask (only its non-empty subtypes), atomically."""
+    if mask.ndim != 3 or mask.shape[0] != len(SUBTYPES):
+        raise ValueError(f"expected a {len(SUBTYPES)} x H x W mask, got {mask.shape}")
+    planes = {name: mask[k].astype(bool) for k, name in enumerate(SUBTYPES) if mask[k].any()}
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **planes)
+    return Path(path)
+
+
+def slice_mask(known: bool, path: str | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """The mask of an index row: None when unknown, empty for a known slice without a file."""
+    if not known:
+        return None
+    if not path:
+        return np.zeros((len(SUBTYPES), *shape), dtype=bool)
+    return read_mask(path, shape)
+
+
+def labels_from_masks(mask: np.ndarray, min_pixels: int = 1) -> dict[str, int]:
+    """Slice labels a mask implies (a subtype with at least ``min_pixels``; ``any``)."""
+    found = {n: int(mask[k].sum() >= min_pixels) for k, n in enumerate(SUBTYPES)}
+    return {**found, "any": max(found.values())}

@@ -1,0 +1,146 @@
+"""The segmenter: training on joined masks, volumes in predict, ONNX export, mask scoring."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ichdet.cli import app
+from ichdet.data.cache import CacheSettings
+from ichdet.data.index import build_index, write_index
+from ichdet.data.mask_join import attach_masks, parse_label_map
+from ichdet.data.masks import slice_mask
+from ichdet.data.prepare import prepare
+from ichdet.evaluation.seg_metrics import bland_altman, concordance, dice, hd95
+from ichdet.evaluation.volume import study_measures
+from ichdet.inference.segment import read_series_masks
+from ichdet.synth.studies import synthesize
+from ichdet.training.config import SegmentTrainConfig, TrainConfig
+from ichdet.training.segment_task import SegmentTask, per_slice_counts
+from ichdet.training.slice_task import fit
+
+runner = CliRunner()
+TINY = dict(model="test_efficientnet", size=32, batch_size=16, workers=0, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("segment")
+    synthesize(root / "data", studies=8, seed=2, size=48, masks=True)
+    df, errors, report = build_index(root / "data", folds=2)
+    df, problems, _ = attach_masks(df, root / "data" / "masks", root / "m", parse_label_map(None))
+    assert problems == []
+    index = write_index(df, errors, report, root / "index.parquet")
+    prepare(df, root / "cache", CacheSettings(size=32))
+    return root, index
+
+
+@pytest.fixture(scope="module")
+def trained(prepared):
+    root, index = prepared
+    args = ["train", str(index), "--task", "segment", "--cache", str(root / "cache")]
+    args += ["--out", str(root / "seg"), "--epochs", "2", "--fold", "0"]
+    args += [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Dice(any)" in result.output and "volume CCC" in result.output
+    cnn = TrainConfig(index=str(index), out=str(root / "cnn"), cache=str(root / "cache"), **TINY)
+    cnn.epochs = 1
+    fit(cnn, log=lambda _: None)
+    return root, index
+
+
+@pytest.mark.slow
+def test_training_writes_metrics_and_exact_true_volumes(trained):
+    root, index = trained
+    metrics = json.loads((root / "seg" / "metrics.json").read_text())
+    assert set(metrics["dice"]) >= {"any", "pooled", "subdural"}
+    assert metrics["series"] > 0 and "ccc" in metrics["volume"]
+    table = pd.read_csv(root / "seg" / "valid_volumes.csv")
+    frame = pd.read_parquet(index)
+    series = table.loc[table["true_volume_ml_any"].idxmax(), "series_id"]
+    rows = frame[frame["series_id"] == series]
+    masks = np.stack([slice_mask(True, p, (48, 48)) for p in rows["mask"]])
+    spacing = float(rows["pixel_spacing"].iloc[0])
+    truth = study_measures(masks, rows["z"].to_numpy(), (spacing, spacing))
+    assert truth["volume_ml_any"] > 0
+    got = table.set_index("series_id").loc[series, "true_volume_ml_any"]
+    assert got == pytest.approx(truth["volume_ml_any"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_predict_with_segmenter_torch_and_onnx(trained, tmp_path):
+    root, _ = trained
+    test_dir = root / "data" / "stage_2_test"
+    outs = {}
+    onnx = tmp_path / "seg.onnx"
+    exported = runner.invoke(app, ["export", str(root / "seg"), "--out", str(onnx)])
+    assert exported.exit_code == 0, exported.output
+    for name, seg in (("torch", root / "seg"), ("onnx", onnx)):
+        out = tmp_path / name
+        args = ["predict", str(root / "cnn"), str(test_dir), "--out", str(out)]
+        result = runner.invoke(app, [*args, "--segmenter", str(seg)])
+        assert result.exit_code == 0, result.output
+        assert "volumes of" in result.output
+        outs[name] = pd.read_csv(out / "studies.csv")
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["masks"] == "masks"
+        studies = outs[name].set_index("study_id")
+        for path in (out / "masks").glob("*.npz"):  # the csv's volumes are the masks' volumes
+            ids, z, masks, pixel = read_series_masks(path)
+            study = pd.read_csv(out / "slices.csv").set_index("image_id").loc[ids[0], "study_id"]
+            measured = study_measures(masks, z, pixel)
+            assert studies.loc[study, "volume_ml_any"] == pytest.approx(measured["volume_ml_any"])
+    columns = [c for c in outs["torch"] if c.startswith(("volume_ml_", "thickness_mm_"))]
+    assert "volume_ml_subdural" in columns and "thickness_mm_epidural" in columns
+    pd.testing.assert_frame_equal(outs["torch"][columns], outs["onnx"][columns], atol=0.05)
+
+
+def test_segment_config_checks_size():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        SegmentTrainConfig(size=100)
+
+
+def test_counts_and_loss_follow_the_masks(prepared):
+    root, index = prepared
+    cfg = SegmentTrainConfig(index=str(index), cache=str(root / "cache"), out=str(root / "x"))
+    cfg.model, cfg.size, cfg.augment = "test_efficientnet", 32, False
+    task = SegmentTask(cfg)
+    x, y = next(iter(torch.utils.data.DataLoader(task.train_set, batch_size=8)))
+    assert y.shape == (8, 5, 32, 32) and y.dtype == torch.uint8 and y.max() > 0
+    truth = (y >= 128).float() * 40 - 20  # logits that say exactly the mask
+
+    class Perfect(torch.nn.Module):
+        def forward(self, _):
+            return truth
+
+    from ichdet.training.distributed import make_runtime
+
+    rt = make_runtime("cpu", False, False)
+    good, _ = task.loss(Perfect(), (x, y), rt)
+    truth = -truth
+    bad, _ = task.loss(Perfect(), (x, y), rt)
+    assert float(good) < 0.2 < 1.0 < float(bad)
+    counts = per_slice_counts(y >= 128, y >= 128).numpy()
+    assert np.array_equal(counts[:, :6], counts[:, 6:12])  # pred == true
+    assert np.array_equal(counts[:, 12:], counts[:, :6])  # all overlap
+
+
+def test_mask_metrics():
+    a = np.zeros((4, 20, 20), bool)
+    a[1:3, 5:10, 5:10] = True
+    b = np.roll(a, 2, axis=2)
+    assert dice(a, a) == 1.0 and dice(a, b) == pytest.approx(0.6)
+    assert np.isnan(dice(a & False, b & False))
+    assert hd95(a, a, (5.0, 0.5, 0.5)) == 0.0
+    assert hd95(a, b, (5.0, 0.5, 0.5)) == pytest.approx(1.0)  # 2 pixels of 0.5 mm
+    assert hd95(a, a & False, (1, 1, 1)) == float("inf")
+    assert concordance([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
+    assert concordance([1, 2, 3], [2, 3, 4]) < 1.0
+    ba = bland_altman([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
+    assert ba["bias"] == pytest.approx(1.0) and ba["lower"] == ba["upper"] == pytest.approx(1.0)
