@@ -107,3 +107,11 @@ def test_the_demo_sequence_recipe_is_the_demos_series_stage():
 def test_recipes_list_what_to_train_on_first():
     assert list(TrainConfig().to_dict())[: len(TrainConfig.FIRST)] == list(TrainConfig.FIRST)
     assert set(TrainConfig().to_dict()) == {f.name for f in fields(TrainConfig)}
+
+
+def test_the_demo_segment_recipe_is_the_demos_segmenter():
+    from ichdet.demo import segment_config
+
+    recipe = config_for(read_recipe(CONFIGS / "demo-segment.yaml"))
+    expected = replace(segment_config(DemoConfig(), "demo-run"), out="runs/demo-segmenter")
+    assert recipe == expected

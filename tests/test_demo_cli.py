@@ -21,9 +21,12 @@ def test_demo_end_to_end_tiny(tmp_path):
         epochs=1,
         workers=1,
         sequence_epochs=2,
+        segment=True,
+        segment_model="test_efficientnet",
+        segment_epochs=1,
     )
     metrics = run_demo(tmp_path / "demo", cfg, log=lambda s: None)
-    stages = {"synth", "index", "prepare", "train", "sequence", "predict", "validate"}
+    stages = {"synth", "index", "prepare", "train", "sequence", "segment", "predict", "validate"}
     assert set(metrics["timings"]) == stages
     validation = json.loads((tmp_path / "demo" / "validate" / "validation.json").read_text())
     assert validation["studies"]["joined"] == len(
@@ -42,6 +45,10 @@ def test_demo_end_to_end_tiny(tmp_path):
     text = console.export_text()
     assert "prior-only baseline" in text and "intraventricular" in text
     assert "CNN + series stage" in text and "slice weighted log loss" in text
+    assert "segmenter, held-out fold" in text and "volume CCC" in text
+    studies = pd.read_csv(tmp_path / "demo" / "predict" / "studies.csv")
+    assert studies["volume_ml_any"].notna().all()  # every test study measured
+    assert metrics["segment_test"]["series"] == len(studies)
 
 
 def test_data_commands(tmp_path):

@@ -14,11 +14,10 @@ from ichdet.cli import app
 from ichdet.data.cache import CacheSettings
 from ichdet.data.index import build_index, write_index
 from ichdet.data.mask_join import attach_masks, parse_label_map
-from ichdet.data.masks import slice_mask
+from ichdet.data.masks import read_series_masks, slice_mask, write_series_masks
 from ichdet.data.prepare import prepare
 from ichdet.evaluation.seg_metrics import bland_altman, concordance, dice, hd95
 from ichdet.evaluation.volume import study_measures
-from ichdet.inference.segment import read_series_masks
 from ichdet.synth.studies import synthesize
 from ichdet.training.config import SegmentTrainConfig, TrainConfig
 from ichdet.training.segment_task import SegmentTask, per_slice_counts
@@ -144,3 +143,38 @@ def test_mask_metrics():
     assert concordance([1, 2, 3], [2, 3, 4]) < 1.0
     ba = bland_altman([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
     assert ba["bias"] == pytest.approx(1.0) and ba["lower"] == ba["upper"] == pytest.approx(1.0)
+
+
+def test_evaluate_masks_scores_a_perfect_and_a_shifted_prediction(prepared, tmp_path):
+    root, index = prepared
+    frame = pd.read_parquet(index)
+    for name, shift in (("perfect", 0), ("shifted", 3)):
+        folder = tmp_path / name / "masks"
+        for series, rows in frame.groupby("series_id"):
+            rows = rows.sort_values("z")
+            masks = np.stack([slice_mask(True, p, (48, 48)) for p in rows["mask"]])
+            spacing = float(rows["pixel_spacing"].iloc[0])
+            write_series_masks(
+                folder / f"{series}.npz",
+                rows["image_id"].tolist(),
+                rows["z"].to_numpy(),
+                np.roll(masks, shift, axis=-1),
+                (spacing, spacing),
+            )
+        result = runner.invoke(
+            app, ["evaluate", str(tmp_path / name), str(index), "--masks", "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.output)
+        found = summary["labels"]["any"]
+        assert summary["series"] == frame["series_id"].nunique() and found["series_with_blood"] > 0
+        if shift == 0:
+            assert found["dice_mean"] == 1.0 and found["hd95_median_mm"] == 0.0
+            assert found["volume"]["ccc"] == pytest.approx(1.0) and found["volume"]["bias"] == 0
+        else:  # a shift keeps the volume (up to the image edge) and costs Dice and distance
+            assert found["dice_mean"] < 0.95 and found["hd95_median_mm"] > 0
+            assert found["volume"]["ccc"] > 0.95
+    (tmp_path / "junk" / "masks").mkdir(parents=True)
+    (tmp_path / "junk" / "masks" / "x.npz").write_bytes(b"junk")
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "junk"), str(index), "--masks"])
+    assert result.exit_code != 0 and "no predicted series" in result.output

@@ -24,13 +24,17 @@ from rich.table import Table
 from ichdet import __version__
 from ichdet.data.cache import CacheSettings
 from ichdet.data.index import build_index, write_index
+from ichdet.data.mask_join import DEFAULT_LABELS, attach_masks
 from ichdet.data.prepare import prepare
 from ichdet.evaluation.evaluate import evaluate_files
+from ichdet.evaluation.mask_eval import evaluate_masks
 from ichdet.inference.predict import predict
 from ichdet.inference.runners import load_runner
+from ichdet.inference.seg_runner import load_segmenter
 from ichdet.labels import LABELS
 from ichdet.synth.studies import synthesize
-from ichdet.training.config import SequenceTrainConfig, TrainConfig
+from ichdet.training.config import SegmentTrainConfig, SequenceTrainConfig, TrainConfig
+from ichdet.training.segment_task import fit_segment
 from ichdet.training.sequence_task import fit_sequence
 from ichdet.training.slice_task import fit
 from ichdet.util.jsonio import read_json
@@ -52,6 +56,9 @@ class DemoConfig:
     sequence_lr: float = 3e-3
     sequence_arch: str = "gru"
     threads: int = 2  # torch's CPU threads: results depend on it (reductions split by thread)
+    segment: bool = False  # ``ichdet demo --segment``: train the segmenter too, measure volumes
+    segment_epochs: int = 6
+    segment_model: str = "tinynet_e"
 
 
 def train_config(cfg: DemoConfig, out: str | os.PathLike) -> TrainConfig:
@@ -91,6 +98,26 @@ def sequence_config(cfg: DemoConfig, out: str | os.PathLike) -> SequenceTrainCon
     )
 
 
+def segment_config(cfg: DemoConfig, out: str | os.PathLike) -> SegmentTrainConfig:
+    """The demo's segmenter (``--segment``): a U-Net over TinyNet-E, fold 0, into
+    ``segmenter`` (``configs/demo-segment.yaml`` is the same recipe)."""
+    out = Path(out)
+    return SegmentTrainConfig(
+        index=str(out / "index.parquet"),
+        cache=str(out / "cache"),
+        out=str(out / "segmenter"),
+        fold=0,
+        epochs=cfg.segment_epochs,
+        model=cfg.segment_model,
+        size=cfg.size,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        workers=min(cfg.workers, 1),
+        device="cpu",
+    )
+
+
 def run_demo(
     out: str | os.PathLike, cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print
 ) -> dict:
@@ -106,6 +133,40 @@ def run_demo(
         timings[name] = time.perf_counter() - start
         log(f"{name}: done in {timings[name]:.1f}s")
 
+    make_data(out, cfg, stage, log)
+    t = time.perf_counter()
+    train_cfg = train_config(cfg, out)
+    metrics = fit(train_cfg, log=log, force=True)  # the demo owns its folder
+    stage("train", t)
+    t = time.perf_counter()
+    metrics["sequence"] = fit_sequence(sequence_config(cfg, out), log=log, force=True)
+    stage("sequence", t)
+    segmenter = None
+    if cfg.segment:
+        t = time.perf_counter()
+        metrics["segment"] = fit_segment(segment_config(cfg, out), log=log, force=True)
+        segmenter = load_segmenter([out / "segmenter"])
+        stage("segment", t)
+    t = time.perf_counter()
+    runner = load_runner([out / "run"])
+    result = predict(runner, out / "data", out / "predict", cfg.workers, segmenter=segmenter)
+    if segmenter is not None:
+        metrics["segment_test"] = evaluate_masks(out / "predict", out / "index.parquet")[0]
+    metrics["test"] = evaluate_files(
+        result.files["submission"], out / "data" / "stage_2_test_labels.csv"
+    )
+    stage("predict", t)
+    t = time.perf_counter()
+    metrics["validation"] = validate_test_split(out, result.studies, result.slices)
+    stage("validate", t)
+    metrics["timings"] = timings
+    return metrics
+
+
+def make_data(
+    out: Path, cfg: DemoConfig, stage: Callable[[str, float], None], log: Callable[[str], None]
+) -> None:
+    """synth (with masks) -> index (5 folds; the masks joined with ``segment``) -> prepare."""
     t = time.perf_counter()
     summary = synthesize(
         out / "data",
@@ -122,29 +183,13 @@ def run_demo(
     )
     t = time.perf_counter()
     df, errors, report = build_index(out / "data", folds=5, workers=cfg.workers, seed=cfg.seed)
+    if cfg.segment:  # the phantoms' exact masks, one file per slice with blood
+        df, _, report["masks"] = attach_masks(df, out / "data" / "masks", out, DEFAULT_LABELS)
     write_index(df, errors, report, out / "index.parquet")
     stage("index", t)
     t = time.perf_counter()
     prepare(df, out / "cache", CacheSettings(size=cfg.size), workers=cfg.workers)
     stage("prepare", t)
-    t = time.perf_counter()
-    train_cfg = train_config(cfg, out)
-    metrics = fit(train_cfg, log=log, force=True)  # the demo owns its folder
-    stage("train", t)
-    t = time.perf_counter()
-    metrics["sequence"] = fit_sequence(sequence_config(cfg, out), log=log, force=True)
-    stage("sequence", t)
-    t = time.perf_counter()
-    result = predict(load_runner([out / "run"]), out / "data", out / "predict", workers=cfg.workers)
-    metrics["test"] = evaluate_files(
-        result.files["submission"], out / "data" / "stage_2_test_labels.csv"
-    )
-    stage("predict", t)
-    t = time.perf_counter()
-    metrics["validation"] = validate_test_split(out, result.studies, result.slices)
-    stage("validate", t)
-    metrics["timings"] = timings
-    return metrics
 
 
 def validate_test_split(out: Path, studies: Any, slices: Any) -> dict:
@@ -202,6 +247,8 @@ def print_demo_table(metrics: dict, console: Console) -> None:
             f"{prior:.4f} (ratio {loss / prior:.2f}); AUC(any) {m['auc']['any']:.3f}"
         )
     print_stage_table(metrics, console)
+    if "segment" in cnn_metrics:
+        print_segment_line(cnn_metrics["segment"], cnn_metrics["segment_test"], console)
     timings = cnn_metrics["timings"]
     total = sum(timings.values())
     parts = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
@@ -232,3 +279,19 @@ def print_stage_table(seq: dict, console: Console) -> None:
         _fmt(seq["study"]["auc"]["any"], ".3f") + " (study head)",
     )
     console.print(table)
+
+
+def print_segment_line(fold: dict, test: dict, console: Console) -> None:
+    """The segmenter's volume agreement: held-out fold (training's report) and test split
+    (``ichdet evaluate --masks`` of the predicted masks)."""
+    v, t = fold["volume"], test["labels"]["any"]
+    tv = t["volume"]
+    console.print(
+        f"segmenter, held-out fold ({fold['series']} series): Dice(any) "
+        f"{_fmt(fold['dice']['any'], '.3f')}, volume CCC {_fmt(v['ccc'], '.3f')}, bias "
+        f"{v['bias']:+.2f} mL (95% limits {v['lower']:+.1f}..{v['upper']:+.1f}); test split "
+        f"({test['series']} series, {t['series_with_blood']} with blood): Dice(any) "
+        f"{_fmt(t['dice_mean'], '.3f')}, HD95 {_fmt(t['hd95_median_mm'], '.1f')} mm, volume CCC "
+        f"{_fmt(tv['ccc'], '.3f')}, bias {tv['bias']:+.2f} mL "
+        f"(95% limits {tv['lower']:+.1f}..{tv['upper']:+.1f})"
+    )

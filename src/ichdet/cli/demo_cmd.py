@@ -14,6 +14,9 @@ def demo(
     studies: int = typer.Option(260, help="synthetic studies"),
     epochs: int = typer.Option(5),
     workers: int = typer.Option(2, help="parallel processes for synth/index/prepare"),
+    segment: bool = typer.Option(
+        False, "--segment", help="also train the segmenter and measure volumes (~6 min more)"
+    ),
 ) -> None:
     """synth -> index -> prepare -> train one fold on the CPU (the CNN, then the series stage)
     -> evaluate, with result tables."""
@@ -37,7 +40,7 @@ def demo(
 
     from ichdet.demo import DemoConfig, print_demo_table, run_demo
 
-    cfg = replace(DemoConfig(), studies=studies, epochs=epochs, workers=workers)
+    cfg = replace(DemoConfig(), studies=studies, epochs=epochs, workers=workers, segment=segment)
     metrics = run_demo(out, cfg, log=console.print)
     print_demo_table(metrics, console)
     from ichdet.cli.validate_cmd import print_validation

@@ -73,3 +73,42 @@ def labels_from_masks(mask: np.ndarray, min_pixels: int = 1) -> dict[str, int]:
     """Slice labels a mask implies (a subtype with at least ``min_pixels``; ``any``)."""
     found = {n: int(mask[k].sum() >= min_pixels) for k, n in enumerate(SUBTYPES)}
     return {**found, "any": max(found.values())}
+
+
+def write_series_masks(
+    path: Path,
+    image_ids: list[str],
+    z: np.ndarray,
+    masks: np.ndarray,
+    pixel_mm: tuple[float, float],
+) -> Path:
+    """A series' predicted masks (N x 5 x H x W bool, z order) in one file: ids, z, the size of
+    a mask pixel (mm) and the masks packed along the pixel axis."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh,
+            image_ids=np.array(image_ids),
+            z=np.asarray(z, float),
+            masks=np.packbits(masks.astype(bool), axis=-1),
+            shape=np.array(masks.shape),
+            pixel_mm=np.array(pixel_mm, float),
+            subtypes=np.array(SUBTYPES),
+        )
+    return path
+
+
+def read_series_masks(
+    path: str | os.PathLike,
+) -> tuple[list[str], np.ndarray, np.ndarray, tuple[float, float]]:
+    """(image ids, z, masks N x 5 x H x W bool, pixel size in mm) of a series mask file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            shape = tuple(int(v) for v in data["shape"])
+            masks = np.unpackbits(data["masks"], axis=-1, count=shape[-1]).astype(bool)
+            pixel = (float(data["pixel_mm"][0]), float(data["pixel_mm"][1]))
+            ids, z = [str(i) for i in data["image_ids"]], np.asarray(data["z"], float)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable series mask file ({exc})") from exc
+    if masks.shape != shape or len(ids) != shape[0] or len(z) != shape[0]:
+        raise ValueError(f"{path}: masks of {masks.shape} for {len(ids)} slices")
+    return ids, z, masks, pixel

@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ichdet.data.masks import write_series_masks
 from ichdet.evaluation.volume import measure_columns, study_measures
 from ichdet.inference.decode import decode_ahead, frame_rows, series_chunks
 from ichdet.inference.seg_runner import Segmenter
-from ichdet.labels import SUBTYPES
-from ichdet.util.atomic import atomic_path
 from ichdet.util.names import path_component
 
 
@@ -103,33 +102,6 @@ def volume_table(found: list[SeriesMasks]) -> pd.DataFrame:
     return best.rename(columns={"series_id": "segmented_series"}).reset_index()
 
 
-def write_series_masks(folder: Path, found: SeriesMasks) -> Path:
-    """``folder/<series_id>.npz``: ids and z in order, masks packed along the pixel axis."""
-    path = folder / f"{path_component(found.series_id)}.npz"
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(
-            fh,
-            image_ids=np.array(found.image_ids),
-            z=found.z,
-            masks=np.packbits(found.masks, axis=-1),
-            shape=np.array(found.masks.shape),
-            pixel_mm=np.array(found.pixel_mm),
-            subtypes=np.array(SUBTYPES),
-        )
-    return path
-
-
-def read_series_masks(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray, tuple]:
-    """(image ids, z, masks N x 5 x H x W bool, pixel size) of a written series file."""
-    with np.load(path, allow_pickle=False) as data:
-        shape = tuple(int(v) for v in data["shape"])
-        masks = np.unpackbits(data["masks"], axis=-1, count=shape[-1]).astype(bool)
-        if masks.shape != shape:
-            raise ValueError(f"{path}: masks of {masks.shape}, expected {shape}")
-        pixel = tuple(float(v) for v in data["pixel_mm"])
-        return [str(i) for i in data["image_ids"]], data["z"], masks, pixel
-
-
 def segment_outputs(
     segmenter: Segmenter, rows: pd.DataFrame, out: Path, workers: int = 1
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
@@ -139,7 +111,13 @@ def segment_outputs(
     folder = out / "masks"
     for item in segment_rows(segmenter, rows, workers):
         if isinstance(item, SeriesMasks):
-            write_series_masks(folder, item)
+            write_series_masks(
+                folder / f"{path_component(item.series_id)}.npz",
+                item.image_ids,
+                item.z,
+                item.masks,
+                item.pixel_mm,
+            )
             found.append(item)
         else:
             errors.append((f"series {item[0]} (segmenter)", item[1]))
