@@ -18,6 +18,7 @@ from ichdet.data.masks import read_series_masks, slice_mask, write_series_masks
 from ichdet.data.prepare import prepare
 from ichdet.evaluation.seg_metrics import bland_altman, concordance, dice, hd95
 from ichdet.evaluation.volume import study_measures
+from ichdet.labels import SUBTYPES
 from ichdet.synth.studies import synthesize
 from ichdet.training.config import SegmentTrainConfig, TrainConfig
 from ichdet.training.segment_task import SegmentTask, per_slice_counts
@@ -83,6 +84,7 @@ def test_predict_with_segmenter_torch_and_onnx(trained, tmp_path):
     for name, seg in (("torch", root / "seg"), ("onnx", onnx)):
         out = tmp_path / name
         args = ["predict", str(root / "cnn"), str(test_dir), "--out", str(out)]
+        args += ["--dicom-out", str(out / "dicom")] if name == "torch" else []
         result = runner.invoke(app, [*args, "--segmenter", str(seg)])
         assert result.exit_code == 0, result.output
         assert "volumes of" in result.output
@@ -95,9 +97,34 @@ def test_predict_with_segmenter_torch_and_onnx(trained, tmp_path):
             study = pd.read_csv(out / "slices.csv").set_index("image_id").loc[ids[0], "study_id"]
             measured = study_measures(masks, z, pixel)
             assert studies.loc[study, "volume_ml_any"] == pytest.approx(measured["volume_ml_any"])
+    _check_sr_measures(tmp_path / "torch", outs["torch"])
     columns = [c for c in outs["torch"] if c.startswith(("volume_ml_", "thickness_mm_"))]
     assert "volume_ml_subdural" in columns and "thickness_mm_epidural" in columns
     pd.testing.assert_frame_equal(outs["torch"][columns], outs["onnx"][columns], atol=0.05)
+
+
+def _check_sr_measures(out, studies):
+    """Every SR carries the study's volumes (UCUM ml) and thicknesses (mm); a SEG is written
+    exactly for the studies where something was segmented."""
+    import pydicom
+
+    for study in studies.itertuples():
+        folder = out / "dicom" / study.study_id
+        sr = pydicom.dcmread(folder / "sr_0.dcm")
+        numbers = [
+            (item.ConceptNameCodeSequence[0].CodeValue, item.MeasuredValueSequence[0])
+            for finding in sr.ContentSequence
+            if "ContentSequence" in finding
+            for item in finding.ContentSequence
+            if item.ValueType == "NUM"
+            and item.ConceptNameCodeSequence[0].CodeValue != "ICH-PROB"
+            and item.ConceptNameCodeSequence[0].CodeValue != "ICH-THR"
+        ]
+        volumes = [float(v.NumericValue) for c, v in numbers if c == "ICH-VOL"]
+        units = {v.MeasurementUnitsCodeSequence[0].CodeValue for c, v in numbers}
+        assert len(volumes) == 6 and units == {"ml", "mm"}
+        assert max(volumes) == pytest.approx(study.volume_ml_any, abs=1e-3)
+        assert any(folder.glob("seg_*.dcm")) == (study.volume_ml_any > 0)
 
 
 def test_segment_config_checks_size():
@@ -178,3 +205,58 @@ def test_evaluate_masks_scores_a_perfect_and_a_shifted_prediction(prepared, tmp_
     (tmp_path / "junk" / "masks" / "x.npz").write_bytes(b"junk")
     result = runner.invoke(app, ["evaluate", str(tmp_path / "junk"), str(index), "--masks"])
     assert result.exit_code != 0 and "no predicted series" in result.output
+
+
+def _truth_files(frame, folder):
+    """Series mask files holding the true masks at full resolution (what a perfect segmenter
+    with the slices' own size would write)."""
+    for series, rows in frame.groupby("series_id"):
+        rows = rows.sort_values("z")
+        masks = np.stack([slice_mask(True, p, (48, 48)) for p in rows["mask"]])
+        spacing = float(rows["pixel_spacing"].iloc[0])
+        ids, z = rows["image_id"].tolist(), rows["z"].to_numpy()
+        write_series_masks(folder / f"{series}.npz", ids, z, masks, (spacing, spacing))
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_seg_written_and_read_back_gives_the_same_voxels(prepared, tmp_path):
+    import shutil
+    import subprocess
+
+    import pydicom
+
+    from ichdet.reports.dicom_seg import segmentation
+
+    root, index = prepared
+    frame = pd.read_parquet(index)
+    _truth_files(frame, tmp_path / "truth")
+    sources = dict(zip(frame["image_id"], frame["source"], strict=True))
+    (tmp_path / "segs").mkdir()
+    for path in sorted((tmp_path / "truth").glob("*.npz")):
+        seg = segmentation(path, sources, "test")
+        blood = bool((frame[frame["series_id"] == path.stem]["mask"] != "").any())
+        assert (seg is not None) == blood  # no SEG where nothing was segmented
+        if seg is not None:
+            seg.save_as(tmp_path / "segs" / f"{path.stem}.dcm")
+    with_seg = {p.stem for p in (tmp_path / "segs").glob("*.dcm")}
+    assert with_seg
+    checker = shutil.which("dciodvfy")
+    if checker:
+        for path in (tmp_path / "segs").glob("*.dcm"):
+            out = subprocess.run([checker, str(path)], capture_output=True, text=True)
+            errors = [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
+            # the phantoms' UIDs are RSNA-style ID_... strings on purpose; nothing else may fail
+            uid_noise = ("ID_", "invalid data values for Value Representations")
+            assert not [x for x in errors if not any(n in x for n in uid_noise)], errors
+    back, problems, report = attach_masks(
+        frame.drop(columns=["mask", "mask_known"]), tmp_path / "segs", tmp_path / "m2", {}
+    )
+    assert problems == [] and report["layout"] == "DICOM SEG"
+    # every slice of a series with a SEG is known (empty frames too), no other slice is
+    assert back["mask_known"].tolist() == frame["series_id"].isin(with_seg).tolist()
+    joined = back[back["mask_known"]]
+    for row in joined.itertuples():
+        truth = slice_mask(True, frame.set_index("image_id").at[row.image_id, "mask"], (48, 48))
+        assert np.array_equal(slice_mask(True, row.mask, (48, 48)), truth)
+    seg = pydicom.dcmread(next((tmp_path / "segs").glob("*.dcm")))
+    assert {s.SegmentLabel for s in seg.SegmentSequence} <= set(SUBTYPES)

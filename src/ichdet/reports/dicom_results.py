@@ -50,12 +50,39 @@ KEY_SLICE = _code("ICH-KEY", "Key slice")
 NOT_ASSESSABLE = _code("ICH-NA", "Study not assessable by the algorithm")
 REASON = _code("ICH-NA-REASON", "Reason not assessable")
 QUALITY = _code("ICH-QC", "Input quality note")
+VOLUME = _code("ICH-VOL", "Hemorrhage volume (segmentation)")
+THICKNESS = _code("ICH-THICK", "Maximal thickness of the collection (segmentation)")
+UNITS = {
+    "ml": hd.sr.CodedConcept(value="ml", scheme_designator="UCUM", meaning="milliliter"),
+    "mm": hd.sr.CodedConcept(value="mm", scheme_designator="UCUM", meaning="millimeter"),
+}
 CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 PROPERTIES = hd.sr.RelationshipTypeValues.HAS_PROPERTIES
 CONTEXT = hd.sr.RelationshipTypeValues.HAS_OBS_CONTEXT
 
 
-def _finding(name: str, p: float, flag: bool, threshold: float, key: pydicom.Dataset) -> Any:
+def _measures(name: str, measures: dict[str, float]) -> list[Any]:
+    """The finding's volume (mL) and, for a collection, its thickness (mm), when segmented."""
+    items = []
+    for concept, key, unit in ((VOLUME, "volume_ml", "ml"), (THICKNESS, "thickness_mm", "mm")):
+        value = measures.get(f"{key}_{name}")
+        if value is not None and value == value:
+            items.append(
+                hd.sr.NumContentItem(
+                    concept, float(value), UNITS[unit], relationship_type=PROPERTIES
+                )
+            )
+    return items
+
+
+def _finding(
+    name: str,
+    p: float,
+    flag: bool,
+    threshold: float,
+    key: pydicom.Dataset,
+    measures: dict[str, float] | None = None,
+) -> Any:
     item = hd.sr.CodeContentItem(FINDING, FINDINGS[name], relationship_type=CONTAINS)
     item.ContentSequence = Sequence(
         [
@@ -69,6 +96,7 @@ def _finding(name: str, p: float, flag: bool, threshold: float, key: pydicom.Dat
             hd.sr.ImageContentItem(
                 KEY_SLICE, key.SOPClassUID, key.SOPInstanceUID, relationship_type=PROPERTIES
             ),
+            *_measures(name, measures or {}),
         ]
     )
     return item
@@ -89,7 +117,8 @@ def structured_report(
     evidence: list[pydicom.Dataset],
     algorithm: dict[str, str],
 ) -> hd.sr.Comprehensive3DSR:
-    """The SR: ``summary`` has probabilities, flags, thresholds (or ``not_assessable``, the
+    """The SR: ``summary`` has probabilities, flags, thresholds, segmented ``measures`` (or
+    ``not_assessable``, the
     reason); ``keys`` the key slice of each label; ``evidence`` every instance it references
     (for a study not assessed, one instance of it); ``algorithm`` name, version, models."""
     content: list[Any] = [
@@ -117,6 +146,7 @@ def structured_report(
                 summary["flags"][n],
                 summary["thresholds"][n],
                 keys[n],
+                summary.get("measures"),
             )
             for n in LABELS
         ]
@@ -138,11 +168,11 @@ def structured_report(
         is_verified=False,
     )
     sr.SeriesDescription = "ichdet hemorrhage findings (research use)"
-    _deidentification(sr, evidence[0])
+    copy_deidentification(sr, evidence[0])
     return sr
 
 
-def _deidentification(out: pydicom.Dataset, source: pydicom.Dataset) -> None:
+def copy_deidentification(out: pydicom.Dataset, source: pydicom.Dataset) -> None:
     """A result of a de-identified study says so, and how (type 1C when identity removed)."""
     if str(source.get("PatientIdentityRemoved", "")).upper() != "YES":
         return
@@ -215,11 +245,11 @@ def capture(
     source.ReferencedSOPInstanceUID = ref.SOPInstanceUID
     sc.SourceImageSequence = Sequence([source])
     sc.DerivationDescription = "key slice, heat map and probabilities burned in (ichdet)"
-    _deidentification(sc, ref)
+    copy_deidentification(sc, ref)
     return sc
 
 
-def _header(source: str) -> pydicom.Dataset:
+def source_header(source: str) -> pydicom.Dataset:
     """A key slice's header, with the SOP Class UID some exports (RSNA's) leave out."""
     ds = pydicom.dcmread(source, stop_before_pixels=True)
     if "SOPClassUID" not in ds:
@@ -266,7 +296,7 @@ def dicom_results(
         summary: dict[str, Any] = {"not_assessable": str(study["reason"]), "notes": notes}
         if reference is None:
             raise ValueError("a study not assessed needs one of its instances to refer to")
-        header = _header(reference)
+        header = source_header(reference)
         return [structured_report(summary, {}, [header], algorithm)]
     summary = {
         "probabilities": {k: float(study[k]) for k in LABELS},
@@ -274,9 +304,14 @@ def dicom_results(
         "thresholds": {k: float(thresholds.get(k, 0.5)) for k in LABELS},
         "warning": str(study.get("warning") or ""),
         "notes": notes,
+        "measures": {
+            k: float(v)
+            for k, v in study.items()
+            if str(k).startswith(("volume_ml_", "thickness_mm_")) and v == v
+        },
     }
     key_ids = {k: str(study[f"{k}_slice"]) for k in LABELS}
-    headers = {i: _header(sources[i]) for i in dict.fromkeys(key_ids.values())}
+    headers = {i: source_header(sources[i]) for i in dict.fromkeys(key_ids.values())}
     keys = {k: headers[i] for k, i in key_ids.items()}
     out: list[pydicom.Dataset] = [
         structured_report(summary, keys, list(headers.values()), algorithm)
@@ -308,9 +343,13 @@ def write_datasets(datasets: list[pydicom.Dataset], folder: Path) -> list[Path]:
 def write_study_results(
     runner: Any, result: Any, out: Path, version: str
 ) -> tuple[list[Path], list[tuple[str, str]]]:
-    """``predict --dicom-out``: every study's SR and Secondary Captures under
-    ``out/<study>/`` (a UID that is not a plain id is hashed); returns (files, failures)."""
+    """``predict --dicom-out``: every study's SR and Secondary Captures (and SEG, with a
+    segmenter) under ``out/<study>/`` (a UID that is not a plain id is hashed); returns
+    (files, failures)."""
+    from ichdet.reports.dicom_seg import study_segmentation
     from ichdet.util.names import path_component
+
+    masks = Path(result.files["studies"]).parent / "masks"
 
     sources, decode, references = result_inputs(result)
     by_study = dict(tuple(result.slices.groupby("study_id", sort=False)))
@@ -328,6 +367,8 @@ def write_study_results(
                 decode,
                 references.get(study["study_id"]),
             )
+            seg = study_segmentation(study, masks, sources, version)
+            datasets += [seg] if seg is not None else []
             paths += write_datasets(datasets, out / path_component(str(study["study_id"])))
         except Exception as exc:  # noqa: BLE001 - one study must never stop the others
             failed.append((str(study["study_id"]), f"{type(exc).__name__}: {exc}"))
