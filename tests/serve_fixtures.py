@@ -132,3 +132,34 @@ class LiveServer:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=30)
         return self.log.read_text(errors="replace")
+
+
+def subdural_segmenter(path: Path, size: int = 32) -> Path:
+    """A segmenter checkpoint that calls every pixel subdural blood (its output bias set so):
+    the segmentation path's plumbing, whatever a trained model would find."""
+    import torch
+
+    from ichdet.data.cache import CacheSettings
+    from ichdet.labels import SUBTYPES
+    from ichdet.models.checkpoint import save_checkpoint
+    from ichdet.models.segmenter import KIND, SegmenterConfig, build_segmenter
+
+    config = SegmenterConfig(name="test_efficientnet")
+    model = build_segmenter(config)
+    head = model.net.segmentation_head[0]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-10.0)
+        head.bias[SUBTYPES.index("subdural")] = 10.0
+    save_checkpoint(
+        path,
+        {
+            "kind": KIND,
+            "model": model.state_dict(),
+            "model_config": config.to_dict(),
+            "cache_settings": CacheSettings(size=size).to_dict(),
+            "context": 0,
+            "training_data": {"synthetic_only": True},
+        },
+    )
+    return path

@@ -19,7 +19,12 @@ from pynetdicom.sop_class import (  # noqa: E402
     MRImageStorage,
     SecondaryCaptureImageStorage,
 )
-from serve_fixtures import build_model_and_studies, ct_study, free_port  # noqa: E402
+from serve_fixtures import (  # noqa: E402
+    build_model_and_studies,
+    ct_study,
+    free_port,
+    subdural_segmenter,
+)
 
 from ichdet.inference.runners import load_runner  # noqa: E402
 from ichdet.serve.context import Context, Settings  # noqa: E402
@@ -325,9 +330,13 @@ class Orthanc:
 
 
 @pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed: apt-get install orthanc")
-def test_orthanc_sends_a_study_and_gets_sr_and_captures_in_the_same_study(runner, tmp_path):
-    """The real PACS: a study uploaded into Orthanc, sent by Orthanc to `ichdet listen`, and the
-    SR and Secondary Capture series found in the same study in Orthanc."""
+def test_orthanc_sends_a_study_and_gets_sr_captures_and_seg_in_the_same_study(model, tmp_path):
+    """The real PACS: a study uploaded into Orthanc, sent by Orthanc to `ichdet listen` (with a
+    segmenter), and the SR, Secondary Capture and SEG series found in the same study."""
+    from ichdet.inference.seg_runner import load_segmenter
+
+    runner = load_runner([model])
+    runner.segmenter = load_segmenter([subdural_segmenter(tmp_path / "seg.pt")])
     paths = ct_study(tmp_path / "study", slices=12)  # a head series the model can read
     listener_port = free_port()
     orthanc = Orthanc(tmp_path, listener_port)
@@ -350,11 +359,21 @@ def test_orthanc_sends_a_study_and_gets_sr_and_captures_in_the_same_study(runner
             while time.time() < deadline:
                 series = orthanc.client.get(f"/studies/{study}/series").json()
                 modalities = sorted(s["MainDicomTags"].get("Modality") for s in series)
-                if "SR" in modalities and "OT" in modalities:
+                if {"SR", "OT", "SEG"} <= set(modalities):
                     break
                 time.sleep(0.2)
+            job = ctx.store.worklist(0, 10)[0][0]
         finally:
             ctx.stop()
     finally:
         orthanc.stop()
-    assert modalities == ["CT", "OT", "SR"]
+    assert modalities == ["CT", "OT", "SEG", "SR"]
+    seg = next((ctx.studies / job.id / "dicom").glob("seg_*.dcm"))
+    if DCIODVFY:
+        out = subprocess.run([DCIODVFY, str(seg)], capture_output=True, text=True)
+        errors = [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
+        assert not errors, errors
+    frames = pydicom.dcmread(seg)
+    assert frames.StudyInstanceUID == pydicom.dcmread(paths[0]).StudyInstanceUID
+    assert [s.SegmentLabel for s in frames.SegmentSequence] == ["subdural"]
+    assert int(frames.NumberOfFrames) == len(paths)  # every slice, each frame its source

@@ -48,6 +48,10 @@ ServerId = Annotated[
 Site = Annotated[
     Path | None, typer.Option(help="site thresholds (ichdet validate --fit-site), flags and SR")
 ]
+SegmenterPath = Annotated[
+    Path | None,
+    typer.Option(help="a segmenter run or .onnx: volumes in the results, a DICOM SEG back"),
+]
 Hosts = Annotated[
     list[str], typer.Option("--allowed-host", help="a Host header name to accept (repeat)")
 ]
@@ -83,6 +87,7 @@ def serve(
     allowed_host: Hosts = [],  # noqa: B006
     max_connections: Annotated[int, typer.Option(help="HTTP connections at once")] = 64,
     site: Site = None,
+    segmenter: SegmenterPath = None,
 ) -> None:
     """Serve MODEL: upload, triage and review head CT studies (API under /api/v1, page at /)."""
     from ichdet.serve.app import Settings, create_app
@@ -112,7 +117,8 @@ def serve(
         http_port=port,
     )
     console.print(f"ichdet serve on http://{host}:{port}/")
-    run(create_app(_runner(model, store, site), settings), host, port, max_connections)
+    runner = _runner(model, store, site, segmenter)
+    run(create_app(runner, settings), host, port, max_connections)
 
 
 def _serve_door(access: Any, token: str | None, host: str, dicom_port: int | None) -> None:
@@ -175,16 +181,23 @@ def _check_open_door(access: Any, token: str | None, host: str) -> None:
         console.print("[yellow]warning: DICOM without TLS beyond loopback (--tls-cert)[/]")
 
 
-def _runner(model: Path, store: Path, site: Path | None = None) -> Any:
+def _runner(
+    model: Path, store: Path, site: Path | None = None, segmenter: Path | None = None
+) -> Any:
+    """The model (and the segmenter it runs with: volumes, SEG) the service predicts with."""
     from ichdet.cli.predict_cmds import with_site
+    from ichdet.inference.seg_runner import load_segmenter
     from ichdet.serve.model import load_model
 
     store.mkdir(parents=True, exist_ok=True)
     try:
-        runner = with_site(load_model(model, store), site)
+        runner: Any = with_site(load_model(model, store), site)
+        runner.segmenter = load_segmenter([segmenter]) if segmenter else None
     except (FileNotFoundError, ValueError, ImportError) as exc:
         fail(str(exc))
     console.print(f"model: {', '.join(runner.names)}")
+    if runner.segmenter is not None:
+        console.print(f"segmenter: {', '.join(runner.segmenter.names)}")
     return runner
 
 
@@ -234,6 +247,7 @@ def listen(
     database: Database = None,
     server_id: ServerId = None,
     site: Site = None,
+    segmenter: SegmenterPath = None,
 ) -> None:
     """A DICOM Storage SCP: predict studies as they arrive (C-STORE), send back a DICOM SR and
     Secondary Capture key slices. Only the peers on the allow list may send."""
@@ -260,7 +274,7 @@ def listen(
         server_id=server_id,
         http_port=0,
     )
-    ctx = Context(_runner(model, store, site), settings)
+    ctx = Context(_runner(model, store, site, segmenter), settings)
     ctx.start()
     console.print(f"ichdet listen: {ae_title} on {host}:{port}, store {store}")
     done = threading.Event()

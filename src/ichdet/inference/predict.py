@@ -244,6 +244,7 @@ def predict(
         plan.rows,
     )
     error_rows = [*given.errors.itertuples(index=False, name=None), *scores.errors]
+    segmenter = segmenter if segmenter is not None else getattr(runner, "segmenter", None)
     studies, error_rows = _measured(segmenter, plan.rows, out, workers, studies, error_rows)
     frames = {
         "slices": slices,

@@ -1,6 +1,6 @@
 """After a study received over DICOM is predicted, before it is marked done: its DICOM results
-(SR and Secondary Captures, ``ichdet.reports.dicom_results``) under ``studies/<id>/dicom/``, and
-into the outbox when a destination is configured.
+(SR and Secondary Captures, ``ichdet.reports.dicom_results``; a SEG with a segmenter) under
+``studies/<id>/dicom/``, and into the outbox when a destination is configured.
 
 A study read again (instances arrived after its first result) gets a new SR that supersedes the
 earlier one: its Predecessor Documents Sequence names the SR it replaces, the series description
@@ -49,6 +49,11 @@ class DicomResults:
             decode,
             reference,
         )
+        from ichdet.reports.dicom_seg import study_segmentation
+
+        masks = Path(result.files["studies"]).parent / "masks"
+        seg = study_segmentation(study, masks, sources, __version__)
+        datasets += [seg] if seg is not None else []
         folder = self.studies / study_id / "dicom"
         supersede(datasets[0], folder, job.version)
         paths = write_datasets(datasets, folder)
