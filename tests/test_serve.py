@@ -93,6 +93,39 @@ def test_slice_images_windows_and_heat_map(client_for, model_and_studies):
     assert client.get("/api/v1/studies/" + "g" * 32).status_code == 404
 
 
+def test_segmentation_volumes_overlay_and_report(model_and_studies, tmp_path):
+    from serve_fixtures import subdural_segmenter
+
+    from ichdet.inference.seg_runner import load_segmenter
+
+    model, studies = model_and_studies
+    runner = load_runner([model])
+    runner.segmenter = load_segmenter([subdural_segmenter(tmp_path / "seg.pt")])
+    settings = Settings(store=tmp_path / "store", allowed_hosts=("testserver",))
+    with TestClient(create_app(runner, settings)) as client:
+        paths = next(iter(studies.values()))
+        study_id = client.post("/api/v1/studies", files=_files(paths)).json()["id"]
+        body = _wait(client, study_id)
+        seg = body["segmentation"]
+        assert seg["volume_ml_subdural"] == seg["volume_ml_any"] > 0
+        assert seg["volume_ml_epidural"] == 0 and seg["thickness_mm_subdural"] > 0
+        url = f"/api/v1/studies/{study_id}/slices/0.png"
+        plain, drawn = client.get(url), client.get(url + "?overlay=segmentation")
+        assert drawn.status_code == 200 and drawn.content != plain.content
+        report = client.get(f"/api/v1/studies/{study_id}/report")
+        assert "Segmentation: how much and where" in report.text
+
+
+def test_segmentation_overlay_without_a_segmenter_is_404(client_for, model_and_studies):
+    _, studies = model_and_studies
+    client = client_for()
+    study_id = client.post("/api/v1/studies", files=_files(next(iter(studies.values())))).json()
+    body = _wait(client, study_id["id"])
+    assert "segmentation" not in body
+    answer = client.get(f"/api/v1/studies/{body['id']}/slices/0.png?overlay=segmentation")
+    assert answer.status_code == 404
+
+
 def test_zip_of_two_studies_gives_two_jobs_and_a_sorted_paged_worklist(
     client_for, model_and_studies
 ):

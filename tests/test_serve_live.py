@@ -11,7 +11,7 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="the 'dev' extra is not installed")
 pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
 from serve_fixtures import LiveServer as Server  # noqa: E402
-from serve_fixtures import build_model_and_studies  # noqa: E402
+from serve_fixtures import build_model_and_studies, subdural_segmenter  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -65,7 +65,8 @@ def test_the_page_uploads_lists_and_views_a_study(model_and_studies, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     model, studies = model_and_studies
     paths = next(iter(studies.values()))
-    server = Server(model, tmp_path / "store")
+    segmenter = subdural_segmenter(tmp_path / "seg.pt")  # calls everything subdural
+    server = Server(model, tmp_path / "store", "--segmenter", segmenter)
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -94,6 +95,11 @@ def test_the_page_uploads_lists_and_views_a_study(model_and_studies, tmp_path):
             page.wait_for_function("document.getElementById('slice').dataset.window === 'bone'")
             page.check("#overlay")
             page.wait_for_function("document.getElementById('slice').dataset.overlay === 'heatmap'")
+            assert "Blood volume (segmentation)" in page.inner_text("#volumes")
+            page.check("#seg-overlay")
+            page.wait_for_function(
+                "document.getElementById('slice').dataset.overlay === 'segmentation'"
+            )
             first = int(slice_image.get_attribute("data-n"))
             page.keyboard.press("ArrowDown" if first == 0 else "ArrowUp")
             page.wait_for_function(

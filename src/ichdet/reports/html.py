@@ -201,11 +201,13 @@ def study_report(
     study_thresholds: dict[str, float] | None = None,
     series_stage: bool = False,
     series: pd.DataFrame | None = None,
+    segmentation: str = "",
 ) -> Path:
     """Write one study's HTML. ``study``: its slices.csv rows in z order; ``inputs``: model
     inputs by image id (for the heat maps); ``sources``: image id -> source; ``thresholds``
     are the slice outputs', ``study_thresholds`` the study outputs' (default: the same).
-    A ``warning`` in ``summary`` (a model trained on phantoms only) is shown as a banner."""
+    A ``warning`` in ``summary`` (a model trained on phantoms only) is shown as a banner;
+    ``segmentation`` is the segmentation section's HTML (ichdet.reports.seg_overlay)."""
     study_id = html.escape(str(summary["study_id"]))
     study_thresholds = study_thresholds or thresholds
     how = (
@@ -231,7 +233,7 @@ threshold.</p>
 </tr>{_summary_rows(summary, study_thresholds)}</table>
 <h2>Probability along the slices</h2>
 <img class='curve' src='{_curve(study, list(LABELS), thresholds)}' alt='all labels'>
-{_heatmap_note(heatmapper, models)}{"".join(sections)}
+{segmentation}{_heatmap_note(heatmapper, models)}{"".join(sections)}
 {series_section(summary, series)}
 <p class="disclaimer">Research software (ichdet); not a medical device. Findings must be
 confirmed by a radiologist.</p>

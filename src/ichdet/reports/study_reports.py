@@ -14,6 +14,7 @@ from ichdet.inference.runners import Runner
 from ichdet.inference.study_outputs import is_assessed
 from ichdet.reports.heatmaps import HeatMapper
 from ichdet.reports.html import not_assessable_report, study_report
+from ichdet.reports.seg_overlay import segmentation_section
 from ichdet.util.names import path_component
 
 
@@ -37,6 +38,7 @@ def write_reports(
     table = result.series if result.series is not None else pd.DataFrame(columns=["study_id"])
     series_by_study = dict(tuple(table.groupby("study_id", sort=False)))
     paths, failed = [], []
+    masks = Path(result.files["studies"]).parent / "masks" if "studies" in result.files else out
     for _, summary in result.studies.iterrows():
         study_id = str(summary["study_id"])
         series = series_by_study.get(summary["study_id"])
@@ -46,7 +48,12 @@ def write_reports(
                 paths.append(not_assessable_report(summary, series, name))
                 continue
             rows, slices = index_by_study[summary["study_id"]], slices_by_study[summary["study_id"]]
-            paths.append(_one_report(runner, rows, slices, summary, heatmapper, name, series))
+            extra = segmentation_section(
+                summary, masks, dict(zip(rows["image_id"], rows["source"], strict=True))
+            )
+            paths.append(
+                _one_report(runner, rows, slices, summary, heatmapper, name, series, extra)
+            )
         except Exception as exc:  # noqa: BLE001 - one study must never stop the others
             failed.append((study_id, f"report failed: {type(exc).__name__}: {exc}"))
     return paths, failed
@@ -60,6 +67,7 @@ def _one_report(
     heatmapper: HeatMapper | None,
     out: Path,
     series_table: pd.DataFrame | None = None,
+    segmentation: str = "",
 ) -> Path:
     """One study's page; ``rows`` are its read rows, ``study`` its slices.csv rows."""
     spec = runner.spec
@@ -81,4 +89,5 @@ def _one_report(
         study_thresholds=runner.study_thresholds,
         series_stage=runner.series is not None,
         series=series_table,
+        segmentation=segmentation,
     )

@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ichdet.serve.context import Context
-from ichdet.serve.images import VIEW_WINDOWS, slice_png
+from ichdet.serve.images import VIEW_WINDOWS, slice_masks, slice_png
 from ichdet.serve.store import SORTS, Job
 from ichdet.serve.uploads import UploadError, UploadLimits, expand_zips, save_parts, split_studies
 
@@ -93,7 +93,7 @@ def public_view(job: Job, full: bool) -> dict[str, Any]:
         r = job.result
         out["assessable"] = r.get("assessable", True)
         keys = ["probabilities", "flags", "key_slices", "thresholds", "warning", "series_stage"]
-        keys += ["not_assessable", "notes"]
+        keys += ["not_assessable", "notes", "segmentation"]
         out.update({k: r[k] for k in keys if k in r})
         out["series_read"] = ", ".join(s["series"] for s in r.get("series", []) if s["read"])
         if full:
@@ -209,11 +209,12 @@ def slice_image(
     study_id: str,
     n: int,
     window: str = Query("brain", pattern="^(brain|subdural|bone)$"),
-    overlay: str = Query("none", pattern="^(heatmap|none)$"),
+    overlay: str = Query("none", pattern="^(heatmap|segmentation|none)$"),
     label: str = Query("any"),
     ctx: Context = Depends(context),
 ) -> Response:
-    """Slice ``n`` (z order) in a window, with the heat map of ``label`` when asked."""
+    """Slice ``n`` (z order) in a window, with the heat map of ``label`` or the segmentation
+    (a study predicted with a segmenter) when asked."""
     job = job_or_404(ctx, study_id)
     if job.result is None:
         raise HTTPException(409, f"the study is {job.status}")
@@ -224,7 +225,13 @@ def slice_image(
         raise HTTPException(422, "unknown label")
     files = ctx.studies / job.id / "files"
     rows = [slice_row(files, s) for s in slices]
-    png = slice_png(ctx.runner, rows, n, window, overlay == "heatmap", label)
+    masks = None
+    if overlay == "segmentation":
+        try:
+            masks = slice_masks(ctx.studies / job.id / "result", job.result, n)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from None
+    png = slice_png(ctx.runner, rows, n, window, overlay == "heatmap", label, masks)
     return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
 

@@ -74,6 +74,7 @@ def summarise(result: PredictResult, runner: Runner) -> dict[str, Any]:
     slab_sources = result.index.get("slab_sources", pd.Series("", result.index.index))
     slabs = dict(zip(result.index["image_id"], slab_sources, strict=True))
     position = {image_id: n for n, image_id in enumerate(slices["image_id"])}
+    segmentation, mask_rows = _segmentation(result, study)
     return {
         **common,
         "slices": [
@@ -83,6 +84,7 @@ def summarise(result: PredictResult, runner: Runner) -> dict[str, Any]:
                 "file": Path(sources[row.image_id]).name,
                 "probabilities": {k: float(getattr(row, k)) for k in LABELS},
                 **_slab_files(slabs.get(row.image_id)),
+                **({"mask_row": mask_rows.get(row.image_id)} if segmentation else {}),
             }
             for n, row in enumerate(slices.itertuples(index=False))
         ],
@@ -91,7 +93,25 @@ def summarise(result: PredictResult, runner: Runner) -> dict[str, Any]:
         "key_slices": {k: position[study[f"{k}_slice"]] for k in LABELS},
         "thresholds": {k: float(runner.study_thresholds.get(k, 0.5)) for k in LABELS},
         "series_stage": runner.series is not None,
+        **({"segmentation": segmentation} if segmentation else {}),
     }
+
+
+def _segmentation(result: PredictResult, study: Any) -> tuple[dict[str, Any], dict[str, int]]:
+    """The study's volumes and its mask file (``predict --segmenter``), and each image id's row
+    in that file; ({}, {}) without a segmentation."""
+    from ichdet.reports.seg_overlay import study_masks
+    from ichdet.util.names import path_component
+
+    masks = Path(result.files["studies"]).parent / "masks" if "studies" in result.files else None
+    found = study_masks(study, masks) if masks is not None else None
+    if found is None:
+        return {}, {}
+    measures = {
+        k: float(v) for k, v in study.items() if str(k).startswith(("volume_ml_", "thickness_mm_"))
+    }
+    file = f"{path_component(str(study['segmented_series']))}.npz"
+    return {"file": file, **measures}, {image_id: k for k, image_id in enumerate(found[0])}
 
 
 class Processor:
@@ -280,4 +300,5 @@ def stored_result(folder: Path) -> PredictResult:
     inputs = build_index(folder / "files")[0]
     errors = pd.DataFrame(columns=["source", "reason"])
     rows = read_rows(slices, inputs)
-    return PredictResult(rows, slices, studies, errors, None, {}, 0, inputs, series)
+    files = {"studies": folder / "result" / "studies.csv"}
+    return PredictResult(rows, slices, studies, errors, None, files, 0, inputs, series)

@@ -3,7 +3,7 @@
 
 const LABELS = ["epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any"];
 const COLORS = ["#8c564b", "#d62728", "#9467bd", "#2ca02c", "#ff7f0e", "#000000"];
-const state = { study: null, n: 0, window: "brain", overlay: false, imageUrl: null, sort: "triage", search: "" };
+const state = { study: null, n: 0, window: "brain", overlay: false, segmentation: false, imageUrl: null, sort: "triage", search: "" };
 const $ = (id) => document.getElementById(id);
 
 function token() { return sessionStorage.getItem("ichdet-token") || ""; }
@@ -118,6 +118,7 @@ async function openStudy(id) {
   $("warning").hidden = !study.warning;
   $("warning").textContent = study.warning ? "WARNING: " + study.warning : "";
   $("notes").textContent = study.notes ? "Input quality: " + study.notes : "";
+  volumes(study.segmentation);
   if (study.status !== "done") return;
   if (study.assessable === false) {
     $("warning").hidden = false;
@@ -158,6 +159,25 @@ function summary() {
   }
 }
 
+function volumes(seg) {
+  $("seg-control").hidden = !seg;
+  $("volumes").hidden = !seg;
+  if (!seg) { state.segmentation = false; $("seg-overlay").checked = false; return; }
+  const parts = ["epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural"]
+    .filter((k) => seg["volume_ml_" + k] > 0)
+    .map((k) => k + " " + seg["volume_ml_" + k].toFixed(1) + " mL");
+  let text = "Blood volume (segmentation): " + seg.volume_ml_any.toFixed(1) + " mL";
+  if (parts.length) text += " (" + parts.join(", ") + ")";
+  for (const k of ["subdural", "epidural"]) {
+    if (seg["thickness_mm_" + k] > 0) text += "; " + k + " up to " + seg["thickness_mm_" + k].toFixed(1) + " mm thick";
+  }
+  $("volumes").textContent = text;
+}
+
+function overlayName() {
+  return state.segmentation ? "segmentation" : state.overlay ? "heatmap" : "none";
+}
+
 async function show() {
   const s = state.study;
   const count = s.slices.length;
@@ -166,7 +186,7 @@ async function show() {
   $("report-link").onclick = (e) => { e.preventDefault(); openReport(s.id); };
   plot();
   const url = "/api/v1/studies/" + s.id + "/slices/" + state.n + ".png?window=" + state.window +
-    "&overlay=" + (state.overlay ? "heatmap" : "none");
+    "&overlay=" + overlayName();
   const response = await api(url);
   if (!response.ok) return;
   const blob = await response.blob();
@@ -175,7 +195,7 @@ async function show() {
   const img = $("slice");
   img.dataset.n = state.n;
   img.dataset.window = state.window;
-  img.dataset.overlay = state.overlay ? "heatmap" : "none";
+  img.dataset.overlay = overlayName();
   img.src = state.imageUrl;
 }
 
@@ -234,6 +254,7 @@ for (const button of document.querySelectorAll("button.window")) {
   });
 }
 $("overlay").addEventListener("change", (e) => { state.overlay = e.target.checked; if (state.study) show(); });
+$("seg-overlay").addEventListener("change", (e) => { state.segmentation = e.target.checked; if (state.study) show(); });
 
 for (const th of document.querySelectorAll("#worklist th[data-sort]")) {
   th.addEventListener("click", () => {  // a column sorts ascending, again descending, again triage
