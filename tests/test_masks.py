@@ -160,3 +160,49 @@ def test_thickness_and_study_measures():
         out["volume_ml_subdural"] + out["volume_ml_intraparenchymal"], abs=1e-3
     )
     assert out["thickness_mm_epidural"] == 0.0 and out["thickness_mm_subdural"] >= 3.5
+
+
+def test_import_nifti_gives_dicom_series_and_masks_that_join_back(tmp_path):
+    from typer.testing import CliRunner
+
+    from ichdet.cli import app
+    from ichdet.dicom.read import read_hu
+
+    rng = np.random.default_rng(3)
+    shape = (20, 16, 5)  # i (columns), j (rows), k (slices)
+    hu = rng.integers(-1000, 1500, size=shape).astype(np.int16)
+    labels = np.zeros(shape, np.uint8)
+    labels[4:9, 3:7, 1:4] = 2  # intraparenchymal
+    labels[12:15, 9:12, 2] = 5  # subdural
+    affine = np.array(  # RAS, as dcm2niix writes an axial head CT: x and y flipped
+        [[-0.45, 0, 0, 40.0], [0, -0.5, 0, 60.0], [0, 0, 5.0, -20.0], [0, 0, 0, 1]]
+    )
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    nib.save(nib.Nifti1Image(hu, affine), tmp_path / "img" / "case_07.nii.gz")
+    nib.save(nib.Nifti1Image(labels, affine), tmp_path / "lab" / "case_07.nii.gz")
+    nib.save(nib.Nifti1Image(hu, affine), tmp_path / "img" / "no_labels.nii.gz")
+    out = tmp_path / "out"
+    cli = CliRunner()
+    args = ["import-nifti", str(tmp_path / "img"), "--out", str(out), "--labels"]
+    result = cli.invoke(app, [*args, str(tmp_path / "lab")])
+    assert result.exit_code == 0, result.output
+    assert "1 volume(s), 5 slices" in result.output and "no label map" in result.stderr
+    index, errors, _ = build_index(out / "dicom")
+    assert errors.empty and len(index) == 5 and index["patient_id"].eq("case_07").all()
+    joined, problems, _ = attach_masks(index, out / "masks", tmp_path / "j", parse_label_map(None))
+    assert problems == [] and joined["mask_known"].all()
+    for row in joined.sort_values("z").reset_index(drop=True).itertuples():
+        k = row.Index  # z order is k order (the affine's third axis points up)
+        assert np.array_equal(read_hu(row.source), hu[:, :, k].T.astype(np.float32))
+        mask = slice_mask(True, row.mask, (16, 20))
+        assert np.array_equal(mask[SUBTYPES.index("intraparenchymal")], labels[:, :, k].T == 2)
+        assert np.array_equal(mask[SUBTYPES.index("subdural")], labels[:, :, k].T == 5)
+    volume = volume_ml(
+        np.stack(
+            [slice_mask(True, p, (16, 20)).any(axis=0) for p in joined.sort_values("z")["mask"]]
+        ),
+        np.sort(joined["z"].to_numpy()),
+        (0.5, 0.45),
+    )
+    assert volume == pytest.approx((labels > 0).sum() * 0.45 * 0.5 * 5.0 / 1000)

@@ -33,6 +33,7 @@ for command in (
     inspect_cmds.series,
     data_cmds.synth,
     data_cmds.index,
+    data_cmds.import_nifti,
     data_cmds.prepare,
     data_cmds.eda,
     train_cmd.train,

@@ -161,6 +161,39 @@ def _join_masks(
     return df, pd.concat([errors, extra], ignore_index=True), {**report, "masks": found}
 
 
+def import_nifti(
+    images: Path = typer.Argument(..., help="folder of CT volumes (.nii/.nii.gz, in HU)"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for dicom/ and masks/"),
+    labels: Path | None = typer.Option(
+        None, help="folder of label maps named as the volumes (INSTANCE/BHSD style)"
+    ),
+    mask_labels: str | None = typer.Option(
+        None, help="label values, e.g. 1=intraparenchymal (default 1..5 = the subtypes A-Z)"
+    ),
+) -> None:
+    """NIfTI CT volumes (+ label maps) -> DICOM series (+ per-slice masks), for index --masks."""
+    from ichdet.data.mask_join import parse_label_map
+    from ichdet.data.nifti_import import import_nifti as convert
+    from ichdet.util.progress import progress_bar
+
+    try:
+        label_map = parse_label_map(mask_labels)
+        with progress_bar(None, "import") as advance:
+            volumes, slices, failed = convert(images, out, labels, label_map, advance)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    console.print(
+        f"{volumes} volume(s), {slices} slices -> {out / 'dicom'}"
+        + (f", masks in {out / 'masks'}" if labels else "")
+    )
+    if labels:
+        console.print(
+            f"next: ichdet index {out / 'dicom'} --out INDEX --folds 5 --masks {out / 'masks'}"
+        )
+    for path, reason in failed:
+        err.print(f"skipped {path}: {reason}", style="yellow")
+
+
 def prepare(
     index_file: Path = typer.Argument(..., metavar="INDEX", help="index parquet"),
     out: Path = typer.Option(..., "--out", "-o", help="cache root folder"),

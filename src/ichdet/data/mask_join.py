@@ -64,7 +64,7 @@ def _geometry(source: str) -> SliceGeometry:
     )
 
 
-def _read_nifti(path: Path, labels: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
+def read_label_volume(path: Path, labels: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
     """(label volume as integers, affine); a label value not in ``labels`` is an error."""
     import nibabel as nib
 
@@ -87,7 +87,7 @@ def _read_nifti(path: Path, labels: dict[int, str]) -> tuple[np.ndarray, np.ndar
     return volume, np.asarray(image.affine, float)
 
 
-def _planes(values: np.ndarray, labels: dict[int, str]) -> np.ndarray:
+def label_planes(values: np.ndarray, labels: dict[int, str]) -> np.ndarray:
     """A plane of label values -> 5 x H x W subtype masks."""
     mask = np.zeros((len(SUBTYPES), *values.shape), dtype=bool)
     for value, name in labels.items():
@@ -110,12 +110,15 @@ def join_nifti(
     series = _series_for(_nifti_stem(path), index)
     if not series:
         raise ValueError("named after no series, study or patient of the index")
-    volume, affine = _read_nifti(path, labels)
+    volume, affine = read_label_volume(path, labels)
     problems = []
     for group in series:
         try:
             planes = [
-                (row.image_id, _planes(sample_plane(volume, affine, _geometry(row.source)), labels))
+                (
+                    row.image_id,
+                    label_planes(sample_plane(volume, affine, _geometry(row.source)), labels),
+                )
                 for row in group.itertuples()
             ]
         except (MaskMismatch, DicomError) as exc:
