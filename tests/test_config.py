@@ -88,6 +88,8 @@ def test_the_shipped_recipes_are_the_ones_the_readme_promises():
         "rsna-resnext101-480.yaml",
         "demo-sequence.yaml",
         "rsna-sequence-gru.yaml",
+        "demo-segment.yaml",
+        "nifti-segment-b0-256.yaml",
     } <= names
 
 
