@@ -206,3 +206,43 @@ def test_import_nifti_gives_dicom_series_and_masks_that_join_back(tmp_path):
         (0.5, 0.45),
     )
     assert volume == pytest.approx((labels > 0).sum() * 0.45 * 0.5 * 5.0 / 1000)
+
+
+def test_hostile_mask_files_are_errors_naming_them_and_the_rest_goes_on(tmp_path):
+    folder, labels, affine = _series(tmp_path)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    nib.save(nib.Nifti1Image(labels, affine), masks / "1.2.3.99.nii.gz")
+    good = (masks / "1.2.3.99.nii.gz").read_bytes()
+    (masks / "1.2.3.nii.gz").write_bytes(good[: len(good) // 2])  # truncated: the study's name
+    (masks / "ID_patient.nii").write_bytes(b"\x00" * 400)  # the patient's name
+    (masks / "seg.dcm").write_bytes(b"DICM but not really")
+    index, _, _ = build_index(folder)
+    joined, problems, _ = attach_masks(index, masks, tmp_path / "out", parse_label_map(None))
+    reasons = dict(problems)
+    assert joined["mask_known"].all()  # the good map joined all the same
+    assert "unreadable voxel data" in reasons[str(masks / "1.2.3.nii.gz")]
+    assert "not a readable NIfTI" in reasons[str(masks / "ID_patient.nii")]
+    assert "not a readable DICOM SEG" in reasons[str(masks / "seg.dcm")]
+
+
+def test_a_series_with_two_slices_at_one_position_is_reported_not_measured(tmp_path):
+    from ichdet.inference.segment import segment_rows
+
+    class Everything:  # a segmenter calling every pixel subdural
+        spec = type(
+            "Spec", (), {"settings": __import__("ichdet").CacheSettings(size=32), "context": 0}
+        )
+
+        def __call__(self, batch):
+            out = np.zeros((len(batch), 5, 32, 32), np.float32)
+            out[:, 4] = 1
+            return out
+
+    folder, _, _ = _series(tmp_path)
+    index, _, _ = build_index(folder)
+    good = list(segment_rows(Everything(), index))
+    assert good[0].measures["volume_ml_subdural"] > 0
+    index.loc[1, "z"] = index.loc[0, "z"]
+    (bad,) = list(segment_rows(Everything(), index))
+    assert bad == ("1.2.3.99", "two slices share one position: not one series")

@@ -64,6 +64,14 @@ def _geometry(source: str) -> SliceGeometry:
     )
 
 
+def read_voxels(image: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A loaded NIfTI image's voxels (a truncated or corrupt payload: ValueError)."""
+    try:
+        return np.asanyarray(image.dataobj).reshape(shape)
+    except Exception as exc:  # noqa: BLE001 - gzip, zlib, nibabel and numpy errors alike
+        raise ValueError(f"unreadable voxel data ({type(exc).__name__}: {exc})") from exc
+
+
 def read_label_volume(path: Path, labels: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
     """(label volume as integers, affine); a label value not in ``labels`` is an error."""
     import nibabel as nib
@@ -77,7 +85,7 @@ def read_label_volume(path: Path, labels: dict[int, str]) -> tuple[np.ndarray, n
         shape = shape[:3]
     if len(shape) != 3 or int(np.prod(shape)) > MAX_VOXELS:
         raise ValueError(f"a label map is one 3D volume of at most {MAX_VOXELS} voxels; {shape}")
-    data = np.asanyarray(image.dataobj).reshape(shape)
+    data = read_voxels(image, shape)
     if not np.array_equal(data, np.round(data)):
         raise ValueError("a label map holds whole numbers; this one has fractions")
     volume = data.astype(np.int32)
@@ -129,16 +137,20 @@ def join_nifti(
         raise MaskMismatch("does not fit its series: " + "; ".join(problems))
 
 
-def join_seg(path: Path, index: pd.DataFrame) -> Iterator[tuple[str, np.ndarray]]:
-    """(image_id, mask) of every indexed slice a DICOM SEG references (by SOP Instance UID)."""
+def _read_seg(path: Path) -> Any:
     try:
         import highdicom as hd
     except ImportError as exc:
         raise ImportError("reading DICOM SEG needs highdicom: pip install 'ichdet[serve]'") from exc
     try:
-        seg = hd.seg.segread(os.fspath(path))
+        return hd.seg.segread(os.fspath(path))
     except Exception as exc:  # noqa: BLE001 - pydicom/highdicom raise many kinds on bad files
         raise ValueError(f"not a readable DICOM SEG ({type(exc).__name__}: {exc})") from exc
+
+
+def join_seg(path: Path, index: pd.DataFrame) -> Iterator[tuple[str, np.ndarray]]:
+    """(image_id, mask) of every indexed slice a DICOM SEG references (by SOP Instance UID)."""
+    seg = _read_seg(path)
     numbers = {}
     for item in seg.SegmentSequence:
         name = str(item.SegmentLabel).strip().lower()
@@ -150,11 +162,14 @@ def join_seg(path: Path, index: pd.DataFrame) -> Iterator[tuple[str, np.ndarray]
     rows = index[index["image_id"].astype(str).isin(referenced)]
     if rows.empty:
         raise ValueError("references no indexed slice")
-    pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=rows["image_id"].astype(str).tolist(),
-        segment_numbers=list(numbers),
-        assert_missing_frames_are_empty=True,
-    )
+    try:
+        pixels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=rows["image_id"].astype(str).tolist(),
+            segment_numbers=list(numbers),
+            assert_missing_frames_are_empty=True,
+        )
+    except Exception as exc:  # noqa: BLE001 - highdicom raises many kinds on odd SEGs
+        raise ValueError(f"its frames cannot be read ({type(exc).__name__}: {exc})") from exc
     for k, row in enumerate(rows.itertuples()):
         if pixels.shape[1:3] != (row.rows, row.columns):
             raise MaskMismatch(

@@ -22,7 +22,7 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from ichdet.data.mask_geometry import SliceGeometry, sample_plane
-from ichdet.data.mask_join import NIFTI_SUFFIXES, label_planes, read_label_volume
+from ichdet.data.mask_join import NIFTI_SUFFIXES, label_planes, read_label_volume, read_voxels
 from ichdet.data.masks import write_mask
 from ichdet.dicom.write import ct_dataset, save_dataset
 
@@ -45,7 +45,7 @@ def _load_ct(path: Path) -> tuple[np.ndarray, np.ndarray]:
     shape = tuple(int(s) for s in image.shape)
     if len(shape) != 3 or int(np.prod(shape)) > MAX_VOXELS:
         raise ValueError(f"a CT volume is 3D with at most {MAX_VOXELS} voxels; this one {shape}")
-    return np.asarray(image.get_fdata(dtype=np.float32)), np.asarray(image.affine, float)
+    return read_voxels(image, shape).astype(np.float32), np.asarray(image.affine, float)
 
 
 def slice_geometries(affine: np.ndarray, shape: tuple[int, int, int]) -> list[SliceGeometry]:

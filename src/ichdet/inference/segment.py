@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,10 @@ class SeriesMasks:
     pixel_mm: tuple[float, float]  #: the size of one mask pixel (between rows, columns)
     thickness: float | None
 
+    @cached_property
     def measures(self) -> dict[str, float]:
-        if not len(self.image_ids):
-            return dict.fromkeys(measure_columns(), float("nan"))
+        """Volumes and thicknesses (ValueError when the positions give none: two slices at one
+        position)."""
         return study_measures(self.masks, self.z, self.pixel_mm, self.thickness)
 
 
@@ -47,6 +49,8 @@ def _pixel_mm(group: pd.DataFrame, size: int) -> tuple[float, float]:
     spacing = float(group["pixel_spacing"].iloc[0]) if "pixel_spacing" in group else float("nan")
     if not spacing > 0:
         raise ValueError("no PixelSpacing: a volume needs the pixel size")
+    if group["z"].isna().any():
+        raise ValueError("slice positions unknown: a volume needs them")
     return (
         float(group["rows"].iloc[0]) * spacing / size,
         float(group["columns"].iloc[0]) * spacing / size,
@@ -57,7 +61,8 @@ def segment_rows(
     segmenter: Segmenter, rows: pd.DataFrame, workers: int = 1
 ) -> Iterator[SeriesMasks | tuple[str, str]]:
     """Segment every series of ``rows`` (read-plan rows); yields SeriesMasks, or (series id,
-    reason) for a series that cannot be measured (no pixel size; every slice unreadable)."""
+    reason) for a series that cannot be measured (no pixel size or positions, two slices at
+    one position, every slice unreadable)."""
     spec = segmenter.spec
     size = spec.settings.size
     for (study, series), group in rows.groupby(["study_id", "series_id"], sort=False):
@@ -79,7 +84,7 @@ def segment_rows(
             continue
         z = group.set_index(group["image_id"].astype(str)).loc[ids, "z"].to_numpy(float)
         thickness = group["thickness"].iloc[0] if "thickness" in group else None
-        yield SeriesMasks(
+        found = SeriesMasks(
             str(study),
             str(series),
             ids,
@@ -88,12 +93,18 @@ def segment_rows(
             pixel,
             float(thickness) if thickness is not None and thickness == thickness else None,
         )
+        try:
+            found.measures  # noqa: B018 - measured here, so a bad series is reported, not raised
+        except ValueError as exc:
+            yield str(series), str(exc)
+            continue
+        yield found
 
 
 def volume_table(found: list[SeriesMasks]) -> pd.DataFrame:
     """Per study: the measures of its read series with the most blood (``volume_ml_any``)."""
     columns = ["study_id", "series_id", *measure_columns()]
-    rows = [{"study_id": s.study_id, "series_id": s.series_id, **s.measures()} for s in found]
+    rows = [{"study_id": s.study_id, "series_id": s.series_id, **s.measures} for s in found]
     table = pd.DataFrame(rows, columns=columns)
     if table.empty:
         return table.drop(columns="series_id")
