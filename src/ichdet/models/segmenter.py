@@ -15,6 +15,7 @@ from torch import nn
 
 from ichdet.labels import SUBTYPES
 from ichdet.models.registry import register
+from ichdet.models.slice_cnn import tiled_stats
 
 #: The registry key of this model and of its checkpoints.
 KIND = "segmenter"
@@ -44,11 +45,9 @@ class ICHSegmenter(nn.Module):
     def __init__(self, net: nn.Module, in_chans: int):
         super().__init__()
         self.net = net
-        mean = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float32)
-        std = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)
-        reps = -(-in_chans // len(mean))
-        self.register_buffer("mean", mean.repeat(reps)[:in_chans].view(1, -1, 1, 1))
-        self.register_buffer("std", std.repeat(reps)[:in_chans].view(1, -1, 1, 1))
+        mean, std = tiled_stats(in_chans)  # ImageNet's, which smp's timm encoders expect
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
 
     mean: torch.Tensor
     std: torch.Tensor

@@ -36,6 +36,22 @@ class ModelConfig:
         return asdict(self)
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def tiled_stats(
+    in_chans: int, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (1 x C x 1 x 1) for ``in_chans`` window channels: the
+    backbone's 3-channel statistics repeated over the windows and neighbour slices."""
+    m, s = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    reps = -(-in_chans // len(m))
+    return (
+        m.repeat(reps)[:in_chans].view(1, -1, 1, 1),
+        s.repeat(reps)[:in_chans].view(1, -1, 1, 1),
+    )
+
+
 class ICHNet(nn.Module):
     """Backbone + head over normalised window stacks; ``forward`` returns (N, 6) logits."""
 
@@ -43,11 +59,11 @@ class ICHNet(nn.Module):
         super().__init__()
         self.backbone = backbone
         cfg = getattr(backbone, "pretrained_cfg", {}) or {}
-        mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
-        std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32)
-        reps = -(-in_chans // len(mean))
-        self.register_buffer("mean", mean.repeat(reps)[:in_chans].view(1, -1, 1, 1))
-        self.register_buffer("std", std.repeat(reps)[:in_chans].view(1, -1, 1, 1))
+        mean, std = tiled_stats(
+            in_chans, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+        )
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
 
     mean: torch.Tensor
     std: torch.Tensor
