@@ -233,6 +233,7 @@ def test_a_series_with_two_slices_at_one_position_is_reported_not_measured(tmp_p
         spec = type(
             "Spec", (), {"settings": __import__("ichdet").CacheSettings(size=32), "context": 0}
         )
+        gate = 0.1
 
         def __call__(self, batch):
             out = np.zeros((len(batch), 5, 32, 32), np.float32)
@@ -242,7 +243,13 @@ def test_a_series_with_two_slices_at_one_position_is_reported_not_measured(tmp_p
     folder, _, _ = _series(tmp_path)
     index, _, _ = build_index(folder)
     good = list(segment_rows(Everything(), index))
-    assert good[0].measures["volume_ml_subdural"] > 0
+    full = good[0].measures["volume_ml_subdural"]
+    assert full > 0
+    # the detector's slice probabilities gate the masks: below the gate, no blood on a slice
+    detected = {i: (0.05 if k < 2 else 0.9) for k, i in enumerate(good[0].image_ids)}
+    (gated,) = list(segment_rows(Everything(), index, detected=detected))
+    assert not gated.masks[:2].any() and gated.masks[2:, 4].all()
+    assert gated.measures["volume_ml_subdural"] == pytest.approx(full * 4 / 6, abs=1e-3)
     index.loc[1, "z"] = index.loc[0, "z"]
     (bad,) = list(segment_rows(Everything(), index))
     assert bad == ("1.2.3.99", "two slices share one position: not one series")

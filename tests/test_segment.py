@@ -260,3 +260,15 @@ def test_seg_written_and_read_back_gives_the_same_voxels(prepared, tmp_path):
         assert np.array_equal(slice_mask(True, row.mask, (48, 48)), truth)
     seg = pydicom.dcmread(next((tmp_path / "segs").glob("*.dcm")))
     assert {s.SegmentLabel for s in seg.SegmentSequence} <= set(SUBTYPES)
+
+
+def test_rare_subtypes_are_repeated_in_training():
+    from ichdet.training.segment_task import balanced
+
+    rows = [{"subdural": 1.0}] * 8 + [{"epidural": 1.0}] * 2 + [{"epidural": 1.0, "subdural": 1.0}]
+    blood = pd.DataFrame(rows).reindex(columns=list(SUBTYPES)).fillna(0.0)
+    out = balanced(blood, cap=3)
+    counts = out.index.value_counts()
+    assert (counts.loc[range(8)] == 1).all()  # the common subtype once
+    assert (counts.loc[[8, 9, 10]] == 3).all()  # epidural (9 vs 3 slices: 3x, the cap)
+    assert balanced(blood, cap=1).equals(blood)

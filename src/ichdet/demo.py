@@ -57,7 +57,7 @@ class DemoConfig:
     sequence_arch: str = "gru"
     threads: int = 2  # torch's CPU threads: results depend on it (reductions split by thread)
     segment: bool = False  # ``ichdet demo --segment``: train the segmenter too, measure volumes
-    segment_epochs: int = 6
+    segment_epochs: int = 8
     segment_model: str = "tinynet_e"
 
 
@@ -282,16 +282,17 @@ def print_stage_table(seq: dict, console: Console) -> None:
 
 
 def print_segment_line(fold: dict, test: dict, console: Console) -> None:
-    """The segmenter's volume agreement: held-out fold (training's report) and test split
-    (``ichdet evaluate --masks`` of the predicted masks)."""
+    """The segmenter's volume agreement: held-out fold (training's report, every slice) and
+    test split (``predict``, masks gated by the detector; ``ichdet evaluate --masks``)."""
     v, t = fold["volume"], test["labels"]["any"]
     tv = t["volume"]
     console.print(
         f"segmenter, held-out fold ({fold['series']} series): Dice(any) "
-        f"{_fmt(fold['dice']['any'], '.3f')}, volume CCC {_fmt(v['ccc'], '.3f')}, bias "
-        f"{v['bias']:+.2f} mL (95% limits {v['lower']:+.1f}..{v['upper']:+.1f}); test split "
-        f"({test['series']} series, {t['series_with_blood']} with blood): Dice(any) "
-        f"{_fmt(t['dice_mean'], '.3f')}, HD95 {_fmt(t['hd95_median_mm'], '.1f')} mm, volume CCC "
-        f"{_fmt(tv['ccc'], '.3f')}, bias {tv['bias']:+.2f} mL "
-        f"(95% limits {tv['lower']:+.1f}..{tv['upper']:+.1f})"
+        f"{_fmt(fold['dice']['any'], '.3f')}, mean over subtypes {_fmt(fold['dice']['mean'], '.3f')}"
+        f", volume CCC {_fmt(v['ccc'], '.3f')}, bias {v['bias']:+.2f} mL (95% limits "
+        f"{v['lower']:+.1f}..{v['upper']:+.1f}); test split through predict ({test['series']} "
+        f"series, {t['series_with_blood']} with blood; {t['false_found']} of the others given "
+        f"some): Dice(any) {_fmt(t['dice_pooled'], '.3f')} pooled, HD95 "
+        f"{_fmt(t['hd95_median_mm'], '.1f')} mm, volume CCC {_fmt(tv['ccc'], '.3f')}, bias "
+        f"{tv['bias']:+.2f} mL (95% limits {tv['lower']:+.1f}..{tv['upper']:+.1f})"
     )

@@ -50,6 +50,9 @@ def predict(
     ),
     site: Path | None = typer.Option(None, help="site thresholds (ichdet validate --fit-site)"),
     segmenter: list[Path] = typer.Option([], help=SEGMENTER_HELP),
+    seg_gate: float = typer.Option(
+        0.1, help="keep a slice's masks where the detector's p(any) reaches this (0: all)"
+    ),
 ) -> None:
     """Per-slice and per-study probabilities (+ volumes, Kaggle submission, HTML reports)."""
     if len(inputs) < 2:
@@ -65,7 +68,7 @@ def predict(
         selection = SelectionOptions(series=series, slab=parse_slab(slab), image_check=image_check)
         runner = with_site(load_runner(models, device=device, tta=tta, batch_size=batch_size), site)
         with progress_bar(None, "predict") as advance:
-            seg = _segmenter(segmenter, device)
+            seg = _segmenter(segmenter, device, seg_gate)
             result = run_predict(
                 runner, data, out, workers, advance, advance.set_total, selection, seg
             )
@@ -78,12 +81,12 @@ def predict(
         _write_dicom(runner, result, dicom_out)
 
 
-def _segmenter(paths: list[Path], device: str) -> Segmenter | None:
+def _segmenter(paths: list[Path], device: str, gate: float) -> Segmenter | None:
     if not paths:
         return None
     from ichdet.inference.seg_runner import load_segmenter
 
-    return load_segmenter(paths, device=device)
+    return load_segmenter(paths, device=device, gate=gate)
 
 
 def with_site(runner: Runner, site: Path | None) -> Runner:

@@ -116,16 +116,16 @@ def serve(
         http_host=host,
         http_port=port,
     )
-    console.print(f"ichdet serve on http://{host}:{port}/")
-    runner = _runner(model, store, site, segmenter)
-    run(create_app(runner, settings), host, port, max_connections)
+    run(create_app(_runner(model, store, site, segmenter), settings), host, port, max_connections)
 
 
-def _serve_door(access: Any, token: str | None, host: str, dicom_port: int | None) -> None:
+def _serve_door(access: Any, token: str | None, host: str, dicom_port: int | None) -> Any:
+    """``access``, checked against how the service listens."""
     if dicom_port is not None:
         _check_open_door(access, token, host)
     elif access.peers or access.tls_cert:
         fail("--allow and --tls-* are for the DICOM listener: add --dicom-port")
+    return access
 
 
 def _start_process(token_file: Path | None, host: str = "127.0.0.1") -> str | None:
@@ -184,7 +184,8 @@ def _check_open_door(access: Any, token: str | None, host: str) -> None:
 def _runner(
     model: Path, store: Path, site: Path | None = None, segmenter: Path | None = None
 ) -> Any:
-    """The model (and the segmenter it runs with: volumes, SEG) the service predicts with."""
+    """The model (and the segmenter it runs with: volumes, SEG) the service predicts with;
+    says which on the console."""
     from ichdet.cli.predict_cmds import with_site
     from ichdet.inference.seg_runner import load_segmenter
     from ichdet.serve.model import load_model

@@ -126,8 +126,8 @@ def train(**values: Any) -> None:
 def _print_segment(report: dict[str, Any], cfg: FoldConfig) -> None:
     dice, volume = report["dice"], report["volume"]
     console.print(
-        f"segmenter fold {cfg.fold}: Dice(any) {dice['any']:.3f}, pooled over subtypes "
-        f"{dice['pooled']:.3f}; volume CCC {volume['ccc']:.3f}, bias {volume['bias']:+.2f} mL "
+        f"segmenter fold {cfg.fold}: Dice(any) {dice['any']:.3f}, mean over subtypes "
+        f"{dice['mean']:.3f}; volume CCC {volume['ccc']:.3f}, bias {volume['bias']:+.2f} mL "
         f"(limits {volume['lower']:+.2f}..{volume['upper']:+.2f}) over {report['series']} "
         f"series -> {cfg.out}"
     )

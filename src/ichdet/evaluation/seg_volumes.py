@@ -83,12 +83,15 @@ def _dice(counts: np.ndarray, k: int) -> float:
 def fold_measures(
     index: pd.DataFrame, counts: np.ndarray, size: int, truth: pd.DataFrame
 ) -> dict[str, Any]:
-    """Dice per counted label and pooled over the subtypes; series volume agreement."""
+    """Dice per counted label, pooled over the subtypes' pixels and the mean over the subtypes
+    the fold has; series volume agreement."""
     n = len(SUBTYPES)
     dice = {name: _dice(counts, k) for k, name in enumerate(COUNTED)}
     sizes = counts[:, :n].sum() + counts[:, len(COUNTED) : len(COUNTED) + n].sum()
     overlap = counts[:, 2 * len(COUNTED) : 2 * len(COUNTED) + n].sum()
     dice["pooled"] = float(2 * overlap / sizes) if sizes else float("nan")
+    present = [dice[n] for k, n in enumerate(SUBTYPES) if counts[:, len(COUNTED) + k].sum() > 0]
+    dice["mean"] = float(np.mean(present)) if present else float("nan")
     table = study_volume_table(index, counts, size, truth)
     volume = volume_agreement(table["pred_volume_ml_any"], table["true_volume_ml_any"])
     per_subtype = {

@@ -32,7 +32,7 @@ from ichdet.inference.study_outputs import (
     with_status,
 )
 from ichdet.labels import LABELS
-from ichdet.selection.choose import SelectionOptions, plan_reads
+from ichdet.selection.choose import ReadPlan, SelectionOptions, plan_reads
 from ichdet.util.jsonio import write_json
 from ichdet.util.tables import write_frame
 
@@ -245,7 +245,7 @@ def predict(
     )
     error_rows = [*given.errors.itertuples(index=False, name=None), *scores.errors]
     segmenter = segmenter if segmenter is not None else getattr(runner, "segmenter", None)
-    studies, error_rows = _measured(segmenter, plan.rows, out, workers, studies, error_rows)
+    studies, error_rows = _measured(segmenter, plan, out, workers, studies, error_rows, slices)
     frames = {
         "slices": slices,
         "studies": studies,
@@ -259,33 +259,29 @@ def predict(
         frames["submission"] = submission
     errors_df = pd.DataFrame(error_rows, columns=["source", "reason"])
     files = write_outputs(out, {**frames, "errors": errors_df}, runner)
+    series = frames["series"]
     return PredictResult(
-        plan.rows,
-        slices,
-        studies,
-        errors_df,
-        submission,
-        files,
-        missing,
-        given.index,
-        frames["series"],
+        plan.rows, slices, studies, errors_df, submission, files, missing, given.index, series
     )
 
 
 def _measured(
     segmenter: Segmenter | None,
-    rows: pd.DataFrame,
+    plan: ReadPlan,
     out: Path,
     workers: int,
     studies: pd.DataFrame,
     errors: list,
+    slices: pd.DataFrame,
 ) -> tuple[pd.DataFrame, list]:
-    """Studies with their volumes, and the errors with the segmenter's (with a segmenter);
-    the masks of an earlier run in ``out`` are removed either way."""
+    """Studies with their volumes, and the errors with the segmenter's (with a segmenter,
+    gated by the slice probabilities of any hemorrhage); the masks of an earlier run in
+    ``out`` are removed either way."""
     clear_masks(out)
     if segmenter is None:
         return studies, errors
-    volumes, seg_errors = segment_outputs(segmenter, rows, out, workers)
+    detected = dict(zip(slices["image_id"].astype(str), slices["any"], strict=True))
+    volumes, seg_errors = segment_outputs(segmenter, plan.rows, out, workers, detected)
     return with_volumes(studies, volumes), errors + seg_errors
 
 

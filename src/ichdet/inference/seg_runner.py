@@ -19,12 +19,21 @@ from ichdet.inference.runners import ONNX_META_KEY, InputSpec, _session, short_n
 from ichdet.labels import SUBTYPES
 
 KIND = "segmenter"
+#: A slice's masks count where the detector's slice probability of any hemorrhage reaches this
+#: (chosen on the demo's held-out fold: README, "Segmentation"); 0 keeps every mask.
+DEFAULT_GATE = 0.1
 
 
 class TorchSegmenter:
     """The mean probabilities of one or more segmenter checkpoints."""
 
-    def __init__(self, checkpoints: list[Path], device: str = "auto", batch_size: int = 16):
+    def __init__(
+        self,
+        checkpoints: list[Path],
+        device: str = "auto",
+        batch_size: int = 16,
+        gate: float = DEFAULT_GATE,
+    ):
         import torch
 
         from ichdet.models.checkpoint import load_checkpoint
@@ -33,7 +42,7 @@ class TorchSegmenter:
         self.torch = torch
         use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
         self.device = torch.device("cuda" if use_cuda else "cpu")
-        self.batch_size = batch_size
+        self.batch_size, self.gate = batch_size, gate
         self.models, specs, synthetic = [], [], []
         for path in checkpoints:
             ckpt = load_checkpoint(path)
@@ -64,7 +73,13 @@ class TorchSegmenter:
 class OnnxSegmenter:
     """A segmenter exported by ``ichdet export`` (probabilities out), under ONNX Runtime."""
 
-    def __init__(self, path: str | os.PathLike, batch_size: int = 16, threads: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        batch_size: int = 16,
+        threads: int | None = None,
+        gate: float = DEFAULT_GATE,
+    ):
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - depends on the install
@@ -76,7 +91,7 @@ class OnnxSegmenter:
             raise ValueError(f"{path}: not an exported ichdet segmenter")
         self.spec = InputSpec(CacheSettings.from_dict(meta["cache_settings"]), int(meta["context"]))
         self.input_name = self.session.get_inputs()[0].name
-        self.batch_size = batch_size
+        self.batch_size, self.gate = batch_size, gate
         self.names = [Path(path).name]
         self.synthetic_only = bool(meta.get("synthetic_only"))
 
@@ -99,16 +114,22 @@ Segmenter = TorchSegmenter | OnnxSegmenter
 
 
 def load_segmenter(
-    models: Sequence[str | os.PathLike], device: str = "auto", batch_size: int = 16
+    models: Sequence[str | os.PathLike],
+    device: str = "auto",
+    batch_size: int = 16,
+    gate: float = DEFAULT_GATE,
 ) -> Segmenter:
-    """``.onnx`` -> OnnxSegmenter; run dirs / checkpoints -> TorchSegmenter (ensembled)."""
+    """``.onnx`` -> OnnxSegmenter; run dirs / checkpoints -> TorchSegmenter (ensembled);
+    ``gate``: the detector's slice probability below which a slice's masks are dropped."""
+    if not 0 <= gate <= 1:
+        raise ValueError(f"the segmentation gate is a probability in [0, 1], not {gate}")
     paths = [Path(m) for m in models]
     if any(p.suffix == ".onnx" for p in paths):
         if len(paths) > 1:
             raise ValueError("give one .onnx segmenter")
         if not paths[0].is_file():
             raise FileNotFoundError(f"{paths[0]}: no such ONNX model")
-        return OnnxSegmenter(paths[0], batch_size=batch_size)
+        return OnnxSegmenter(paths[0], batch_size=batch_size, gate=gate)
     from ichdet.models.checkpoint import find_checkpoints
 
-    return TorchSegmenter(find_checkpoints(paths), device=device, batch_size=batch_size)
+    return TorchSegmenter(find_checkpoints(paths), device, batch_size, gate)

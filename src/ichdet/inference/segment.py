@@ -58,11 +58,15 @@ def _pixel_mm(group: pd.DataFrame, size: int) -> tuple[float, float]:
 
 
 def segment_rows(
-    segmenter: Segmenter, rows: pd.DataFrame, workers: int = 1
+    segmenter: Segmenter,
+    rows: pd.DataFrame,
+    workers: int = 1,
+    detected: dict[str, float] | None = None,
 ) -> Iterator[SeriesMasks | tuple[str, str]]:
     """Segment every series of ``rows`` (read-plan rows); yields SeriesMasks, or (series id,
     reason) for a series that cannot be measured (no pixel size or positions, two slices at
-    one position, every slice unreadable)."""
+    one position, every slice unreadable). ``detected``: the detector's slice probability of
+    any hemorrhage by image id; a slice below the segmenter's ``gate`` keeps no mask."""
     spec = segmenter.spec
     size = spec.settings.size
     for (study, series), group in rows.groupby(["study_id", "series_id"], sort=False):
@@ -82,6 +86,10 @@ def segment_rows(
         if not ids:
             yield str(series), "no slice of the series could be read"
             continue
+        masks = np.concatenate(parts)
+        if detected is not None and segmenter.gate > 0:
+            keep = np.array([detected.get(i, 1.0) >= segmenter.gate for i in ids])
+            masks[~keep] = False
         z = group.set_index(group["image_id"].astype(str)).loc[ids, "z"].to_numpy(float)
         thickness = group["thickness"].iloc[0] if "thickness" in group else None
         found = SeriesMasks(
@@ -89,7 +97,7 @@ def segment_rows(
             str(series),
             ids,
             z,
-            np.concatenate(parts),
+            masks,
             pixel,
             float(thickness) if thickness is not None and thickness == thickness else None,
         )
@@ -114,13 +122,17 @@ def volume_table(found: list[SeriesMasks]) -> pd.DataFrame:
 
 
 def segment_outputs(
-    segmenter: Segmenter, rows: pd.DataFrame, out: Path, workers: int = 1
+    segmenter: Segmenter,
+    rows: pd.DataFrame,
+    out: Path,
+    workers: int = 1,
+    detected: dict[str, float] | None = None,
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Segment and measure the read rows; masks into ``out/masks``. Returns (per-study measures,
-    errors as (what, reason))."""
+    """Segment and measure the read rows (gated by ``detected``, see ``segment_rows``); masks
+    into ``out/masks``. Returns (per-study measures, errors as (what, reason))."""
     found, errors = [], []
     folder = out / "masks"
-    for item in segment_rows(segmenter, rows, workers):
+    for item in segment_rows(segmenter, rows, workers, detected):
         if isinstance(item, SeriesMasks):
             write_series_masks(
                 folder / f"{path_component(item.series_id)}.npz",

@@ -64,6 +64,7 @@ def run(app: Any, host: str, port: int, max_connections: int = MAX_CONNECTIONS) 
     import uvicorn
 
     HeaderTimeoutH11.header_timeout = float(os.environ.get("ICHDET_HEADER_TIMEOUT", HEADER_TIMEOUT))
+    print(f"ichdet serve on http://{host}:{port}/", flush=True)
     uvicorn.run(
         app,
         host=host,

@@ -167,6 +167,9 @@ class SegmentTrainConfig(TrainConfig):
     decoder: str = _opt("unet", "segment task: unet | fpn (segmentation_models_pytorch)")
     negatives: float = _opt(1.0, "segment task: empty slices per slice with blood in training")
     dice_weight: float = _opt(1.0, "segment task: weight of the Dice loss beside BCE")
+    balance: float = _opt(
+        4.0, "segment task: repeat slices of rare subtypes up to this many times (1: off)"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -5,7 +5,9 @@ Dice, which leaves out a subtype absent from the batch). Training reads every sl
 and ``negatives`` times as many empty ones (drawn once, seeded); validation reads every slice of
 the fold's known series, so whole studies are measured: Dice per subtype (pooled over the fold)
 and the study volumes against the truth (CCC, Bland-Altman). The best epoch is the one with the
-highest pooled Dice (``valid_loss`` = 1 - Dice).
+highest mean Dice over the subtypes the fold has (``valid_loss`` = 1 - that mean): pooled over
+pixels, subdural blood would outweigh the rest. Slices of rare subtypes are repeated in
+training (``balance``).
 """
 
 from __future__ import annotations
@@ -33,8 +35,24 @@ from ichdet.util.jsonio import write_json
 from ichdet.util.tables import write_frame
 
 
-def split_known(index: pd.DataFrame, fold: int, negatives: float, seed: int):
-    """(training rows: blood + sampled empty slices, validation rows: the fold's known slices)."""
+def balanced(blood: pd.DataFrame, cap: float) -> pd.DataFrame:
+    """Slices with blood, each repeated by how rare its rarest subtype is (the most common
+    subtype's slice count over that subtype's, at most ``cap`` times; 1: no repeats)."""
+    present = blood.reindex(columns=list(SUBTYPES)).fillna(0).to_numpy() > 0
+    counts = present.sum(axis=0)
+    if cap <= 1 or not counts.any():
+        return blood
+    ratio = np.where(counts > 0, counts.max() / np.maximum(counts, 1), 1.0)
+    repeats = np.ones(len(blood), dtype=np.int64)
+    for k in range(len(SUBTYPES)):
+        factor = int(min(cap, round(float(ratio[k]))))
+        repeats[present[:, k]] = np.maximum(repeats[present[:, k]], factor)
+    return blood.loc[blood.index.repeat(repeats)]
+
+
+def split_known(index: pd.DataFrame, fold: int, cfg: SegmentTrainConfig):
+    """(training rows: blood, rare subtypes repeated, + sampled empty slices; validation rows:
+    the fold's known slices)."""
     if "fold" not in index:
         raise ValueError("the index has no folds; build it with `ichdet index --folds K`")
     known = known_masks(index[index["split"] == "train"])
@@ -44,9 +62,9 @@ def split_known(index: pd.DataFrame, fold: int, negatives: float, seed: int):
     train, valid = known[known["fold"] != fold], known[known["fold"] == fold]
     blood = train[train["mask"].fillna("") != ""]
     empty = train[train["mask"].fillna("") == ""]
-    take = min(len(empty), int(round(negatives * len(blood))))
-    sampled = empty.sample(n=take, random_state=seed) if take else empty.iloc[:0]
-    return pd.concat([blood, sampled]).sort_index(), valid
+    take = min(len(empty), int(round(cfg.negatives * len(blood))))
+    sampled = empty.sample(n=take, random_state=cfg.seed) if take else empty.iloc[:0]
+    return pd.concat([balanced(blood, cfg.balance), sampled]).sort_index(), valid
 
 
 def per_slice_counts(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
@@ -62,21 +80,21 @@ class SegmentTask(SliceTask):
     """One fold of the segmenter (see ``ichdet.training.loop.Task``)."""
 
     kind = KIND
-    resume_keys = (*SliceTask.resume_keys, "decoder", "negatives")
+    resume_keys = (*SliceTask.resume_keys, "decoder", "negatives", "balance")
     cfg: SegmentTrainConfig
 
-    def __init__(self, cfg: SegmentTrainConfig):  # noqa: D107 - the slice task's data, masks
+    def __init__(self, cfg: SegmentTrainConfig):
         cfg.require("index", "cache", "out")
         if cfg.all_folds:
             raise ValueError("one fold at a time here; `fit_all` trains every fold")
+        if cfg.weights:
+            raise ValueError("the segmenter starts from --pretrained (timm's weights) or none")
         self.cfg = cfg
         self.fold = int(cfg.fold)
         self.label = f"segmenter fold {self.fold}"
         directory = resolve_cache(str(cfg.cache), cfg.size, cfg.windows)
         self.settings = read_settings(directory)
-        train_df, valid_df = split_known(
-            pd.read_parquet(str(cfg.index)), self.fold, cfg.negatives, cfg.seed
-        )
+        train_df, valid_df = split_known(pd.read_parquet(str(cfg.index)), self.fold, cfg)
         self.train_set = SegmentDataset(train_df, directory, context=cfg.context)
         self.valid_set = SegmentDataset(valid_df, directory, context=cfg.context)
         if len(self.train_set) == 0 or len(self.valid_set) == 0:
@@ -131,7 +149,7 @@ class SegmentTask(SliceTask):
 
     def score(self, probs: np.ndarray) -> dict[str, float]:
         measures = fold_measures(self.valid_set.index, probs, self.settings.size, self._truth())
-        dice = measures["dice"]["pooled"]
+        dice = measures["dice"]["mean"]
         return {
             "valid_loss": 1.0 - (dice if dice == dice else 0.0),
             **{f"dice_{k}": v for k, v in measures["dice"].items()},
