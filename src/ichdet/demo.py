@@ -289,7 +289,8 @@ def print_segment_line(fold: dict, test: dict, console: Console) -> None:
     console.print(
         f"segmenter, held-out fold ({fold['series']} series): Dice(any) "
         f"{_fmt(fold['dice']['any'], '.3f')}, mean over subtypes "
-        f"{_fmt(fold['dice']['mean'], '.3f')}, volume CCC {_fmt(v['ccc'], '.3f')}, bias {v['bias']:+.2f} mL (95% limits "
+        f"{_fmt(fold['dice']['mean'], '.3f')}, volume CCC {_fmt(v['ccc'], '.3f')}, "
+        f"bias {v['bias']:+.2f} mL (95% limits "
         f"{v['lower']:+.1f}..{v['upper']:+.1f}); test split through predict ({test['series']} "
         f"series, {t['series_with_blood']} with blood; {t['false_found']} of the others given "
         f"some): Dice(any) {_fmt(t['dice_pooled'], '.3f')} pooled, HD95 "
