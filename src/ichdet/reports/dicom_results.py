@@ -117,10 +117,10 @@ def structured_report(
     evidence: list[pydicom.Dataset],
     algorithm: dict[str, str],
 ) -> hd.sr.Comprehensive3DSR:
-    """The SR: ``summary`` has probabilities, flags, thresholds, segmented ``measures`` (or
-    ``not_assessable``, the
-    reason); ``keys`` the key slice of each label; ``evidence`` every instance it references
-    (for a study not assessed, one instance of it); ``algorithm`` name, version, models."""
+    """The SR: ``summary`` has probabilities, flags, thresholds and the segmentation's
+    ``measures`` (or ``not_assessable``, the reason); ``keys`` the key slice of each label;
+    ``evidence`` every instance it references (for a study not assessed, one instance of it);
+    ``algorithm`` name, version, models."""
     content: list[Any] = [
         hd.sr.TextContentItem(
             _code("111001", "Algorithm Name", "DCM"), algorithm["name"], relationship_type=CONTEXT
@@ -350,7 +350,6 @@ def write_study_results(
     from ichdet.util.names import path_component
 
     masks = Path(result.files["studies"]).parent / "masks"
-
     sources, decode, references = result_inputs(result)
     by_study = dict(tuple(result.slices.groupby("study_id", sort=False)))
     paths: list[Path] = []
