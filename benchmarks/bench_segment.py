@@ -24,6 +24,7 @@ from _common import machine, random_model
 
 from ichdet.data.cache import CacheSettings
 from ichdet.data.index import build_index
+from ichdet.data.masks import read_series_masks
 from ichdet.dicom.write import ct_dataset, save_dataset
 from ichdet.inference.export import export_onnx
 from ichdet.inference.predict import predict
@@ -70,14 +71,18 @@ def random_segmenter(root: Path, name: str, size: int) -> Path:
     return path
 
 
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each run, the runs alternated (one warm-up each first), so a machine
+    that speeds up or slows down during the benchmark affects them alike."""
+    for fn in runs.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -93,28 +98,37 @@ def main() -> None:
         write_study(root / "study", args.slices, args.study_size)
         cnn = load_runner([random_model(root, args.model, args.size)])
         seg_ckpt = random_segmenter(root, args.model, args.size)
+        # gate 0: every slice's masks measured (with random weights the gate would drop most
+        # slices and skip their thickness measurement, flattering the time)
         segmenters = {
-            "torch": load_segmenter([seg_ckpt]),
-            "onnx": load_segmenter([export_onnx([seg_ckpt], root / "seg.onnx")]),
+            "torch": load_segmenter([seg_ckpt], gate=0),
+            "onnx": load_segmenter([export_onnx([seg_ckpt], root / "seg.onnx")], gate=0),
         }
         rows: pd.DataFrame = build_index(root / "study")[0]
         print(f"machine: {machine()}")
         print(
             f"{args.slices}-slice study of {args.study_size} px DICOMs; slice CNN and segmenter "
-            f"({args.model}) at {args.size} px; median of {args.repeats} warm runs"
+            f"({args.model}) at {args.size} px; median of {args.repeats} warm runs, interleaved"
         )
-        base = best_of(lambda: predict(cnn, root / "study", root / "plain"), args.repeats)
-        print(f"{'predict, no segmenter':<36}{base:>8.3f} s")
+        runs: dict[str, Callable[[], object]] = {
+            "base": lambda: predict(cnn, root / "study", root / "plain")
+        }
         for name, seg in segmenters.items():
-            alone = best_of(lambda s=seg: list(segment_rows(s, rows)), args.repeats)
-            both = best_of(
-                lambda s=seg: predict(cnn, root / "study", root / "seg", segmenter=s),
-                args.repeats,
+            runs[f"alone {name}"] = lambda s=seg: list(segment_rows(s, rows))
+            runs[f"both {name}"] = lambda s=seg, n=name: predict(
+                cnn, root / "study", root / f"seg_{n}", segmenter=s
             )
+        found = interleaved(runs, args.repeats)
+        base = found["base"]
+        print(f"{'predict, no segmenter':<36}{base:>8.3f} s")
+        for name in segmenters:
+            (mask_file,) = (root / f"seg_{name}" / "masks").glob("*.npz")
+            segmented = len(read_series_masks(mask_file)[0])
+            alone, both = found[f"alone {name}"], found[f"both {name}"]
             print(f"{'segmentation alone, ' + name:<36}{alone:>8.3f} s")
             print(
                 f"{'predict + segmenter, ' + name:<36}{both:>8.3f} s   ratio {both / base:.2f} "
-                f"(+{both - base:.3f} s per study)"
+                f"(+{both - base:.3f} s per study; {segmented} slices segmented)"
             )
 
 

@@ -272,3 +272,20 @@ def test_rare_subtypes_are_repeated_in_training():
     assert (counts.loc[range(8)] == 1).all()  # the common subtype once
     assert (counts.loc[[8, 9, 10]] == 3).all()  # epidural (9 vs 3 slices: 3x, the cap)
     assert balanced(blood, cap=1).equals(blood)
+
+
+@pytest.mark.slow
+def test_segmenter_resumes_only_with_its_own_settings(prepared, tmp_path):
+    from ichdet.training.segment_task import fit_segment
+
+    root, index = prepared
+    settings = dict(index=str(index), cache=str(root / "cache"), out=str(tmp_path / "run"), **TINY)
+    fit_segment(SegmentTrainConfig(**settings, epochs=1), log=lambda _: None)
+    resumed = fit_segment(SegmentTrainConfig(**settings, epochs=2), resume=True, log=lambda _: None)
+    assert resumed["epochs"] == 2
+    with pytest.raises(ValueError, match="different balance"):
+        fit_segment(
+            SegmentTrainConfig(**settings, epochs=3, balance=1.0), resume=True, log=lambda _: None
+        )
+    with pytest.raises(ValueError, match="--pretrained"):
+        SegmentTask(SegmentTrainConfig(**settings, weights="w.pt"))
