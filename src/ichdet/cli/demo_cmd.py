@@ -15,7 +15,7 @@ def demo(
     epochs: int = typer.Option(5),
     workers: int = typer.Option(2, help="parallel processes for synth/index/prepare"),
     segment: bool = typer.Option(
-        False, "--segment", help="also train the segmenter and measure volumes (~9 min more)"
+        False, "--segment", help="also train the segmenter and measure volumes (~8 min more)"
     ),
 ) -> None:
     """synth -> index -> prepare -> train one fold on the CPU (the CNN, then the series stage)
