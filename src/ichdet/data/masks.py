@@ -14,11 +14,14 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
 
 from ichdet.labels import SUBTYPES
 from ichdet.util.atomic import atomic_path
+from ichdet.util.names import path_component
 
 #: Largest mask file read (a 1024 x 1024 slice of five subtypes packs into far less).
 MAX_MASK_BYTES = 64 * 2**20
@@ -112,3 +115,35 @@ def read_series_masks(
     if masks.shape != shape or len(ids) != shape[0] or len(z) != shape[0]:
         raise ValueError(f"{path}: masks of {masks.shape} for {len(ids)} slices")
     return ids, z, masks, pixel
+
+
+def series_mask_file(folder: Path, series_id: str) -> Path:
+    """Where ``predict --segmenter`` keeps a series' masks: ``folder/<series id>.npz`` (an id
+    that is not a plain name hashed)."""
+    return folder / f"{path_component(str(series_id))}.npz"
+
+
+def segmented_file(study: Any, folder: Path) -> Path | None:
+    """The mask file of the series a studies.csv row was measured on (``segmented_series``),
+    or None when the study has none."""
+    series = study.get("segmented_series") if hasattr(study, "get") else None
+    if series is None or series != series or not str(series):
+        return None
+    path = series_mask_file(folder, str(series))
+    return path if path.is_file() else None
+
+
+def upscale_masks(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Masks ... x h x w (bool) on a grid of ``shape`` (rows, columns) by nearest neighbour."""
+    if masks.shape[-2:] == tuple(shape):
+        return masks.astype(bool)
+    rows, columns = shape
+    planes = masks.reshape(-1, *masks.shape[-2:])
+    out = np.zeros((len(planes), rows, columns), dtype=bool)
+    for k, plane in enumerate(planes):
+        if plane.any():
+            out[k] = (
+                cv2.resize(plane.astype(np.uint8), (columns, rows), interpolation=cv2.INTER_NEAREST)
+                > 0
+            )
+    return out.reshape(*masks.shape[:-2], rows, columns)

@@ -15,32 +15,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 
-from ichdet.data.masks import read_series_masks, slice_mask
+from ichdet.data.masks import read_series_masks, slice_mask, upscale_masks
 from ichdet.evaluation.seg_metrics import dice, hd95, volume_agreement
 from ichdet.evaluation.volume import volume_ml
 from ichdet.labels import SUBTYPES
 
 LABELLED = (*SUBTYPES, "any")
-
-
-def _upscale(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """N x L x h x w bool -> N x L x H x W by nearest neighbour."""
-    if masks.shape[-2:] == shape:
-        return masks
-    rows, columns = shape
-    return np.stack(
-        [
-            [
-                cv2.resize(m.astype(np.uint8), (columns, rows), interpolation=cv2.INTER_NEAREST) > 0
-                for m in planes
-            ]
-            for planes in masks
-        ]
-    ).reshape(masks.shape[0], masks.shape[1], rows, columns)
 
 
 def _with_any(masks: np.ndarray) -> np.ndarray:
@@ -59,7 +42,7 @@ def score_series(path: Path, index: pd.DataFrame) -> list[dict[str, Any]]:
     gaps = np.diff(np.sort(z))
     voxel = (float(np.median(gaps)) if len(gaps) else spacing, spacing, spacing)
     pred_full, true_all, pred_all = (
-        _with_any(_upscale(predicted, shape)),
+        _with_any(upscale_masks(predicted, shape)),
         _with_any(truth),
         _with_any(predicted),
     )

@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ichdet.data.masks import write_series_masks
+from ichdet.data.masks import series_mask_file, write_series_masks
 from ichdet.evaluation.volume import measure_columns, study_measures
 from ichdet.inference.decode import decode_ahead, frame_rows, series_chunks
 from ichdet.inference.seg_runner import Segmenter
-from ichdet.util.names import path_component
 
 
 @dataclass
@@ -135,7 +134,7 @@ def segment_outputs(
     for item in segment_rows(segmenter, rows, workers, detected):
         if isinstance(item, SeriesMasks):
             write_series_masks(
-                folder / f"{path_component(item.series_id)}.npz",
+                series_mask_file(folder, item.series_id),
                 item.image_ids,
                 item.z,
                 item.masks,

@@ -14,14 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import cv2
 import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from ichdet.data.masks import read_series_masks
+from ichdet.data.masks import read_series_masks, segmented_file, upscale_masks
 from ichdet.labels import SUBTYPES
 from ichdet.reports.dicom_results import (
     FINDINGS,
@@ -39,18 +38,6 @@ COLOURS = {
     "subarachnoid": (80.0, 0.0, 80.0),
     "subdural": (60.0, -30.0, -50.0),
 }
-
-
-def _on_grid(masks: np.ndarray, rows: int, columns: int) -> np.ndarray:
-    """N x L x h x w bool -> N x rows x columns x L uint8 (nearest neighbour)."""
-    out = np.zeros((masks.shape[0], rows, columns, masks.shape[1]), np.uint8)
-    for n, planes in enumerate(masks):
-        for k, plane in enumerate(planes):
-            if plane.any():
-                out[n, :, :, k] = cv2.resize(
-                    plane.astype(np.uint8), (columns, rows), interpolation=cv2.INTER_NEAREST
-                )
-    return out
 
 
 def frame_of_reference(images: list[pydicom.Dataset]) -> None:
@@ -96,7 +83,8 @@ def segmentation(
     images = [source_header(sources[i]) for i in ids]  # headers: geometry and identity
     frame_of_reference(images)
     rows, columns = int(images[0].Rows), int(images[0].Columns)
-    pixels = _on_grid(masks[:, present], rows, columns)
+    pixels = np.moveaxis(upscale_masks(masks[:, present], (rows, columns)), 1, -1)
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)  # frames x rows x columns x segments
     seg = hd.seg.Segmentation(
         source_images=images,
         pixel_array=pixels,
@@ -122,10 +110,5 @@ def study_segmentation(
     study: Any, masks_folder: Path, sources: dict[str, str], version: str
 ) -> pydicom.Dataset | None:
     """The SEG of a study row of studies.csv (its ``segmented_series``), when it has one."""
-    from ichdet.util.names import path_component
-
-    series = study.get("segmented_series") if hasattr(study, "get") else None
-    if series is None or series != series or not str(series):
-        return None
-    path = masks_folder / f"{path_component(str(series))}.npz"
-    return segmentation(path, sources, version) if path.is_file() else None
+    path = segmented_file(study, masks_folder)
+    return segmentation(path, sources, version) if path is not None else None

@@ -10,12 +10,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ichdet.data.masks import read_series_masks
+from ichdet.data.masks import read_series_masks, segmented_file, upscale_masks
 from ichdet.data.windows import PRESETS, apply_window
 from ichdet.dicom.read import read_hu
 from ichdet.dicom.sources import read_source
 from ichdet.labels import SUBTYPES
-from ichdet.util.names import path_component
 
 #: RGB colour of each subtype (the SEG's display colours, roughly).
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -35,11 +34,9 @@ def mask_overlay(gray: np.ndarray, masks: np.ndarray, alpha: float = 0.4) -> np.
     for k, name in enumerate(SUBTYPES):
         if not masks[k].any():
             continue
-        plane = cv2.resize(
-            masks[k].astype(np.uint8), (columns, rows), interpolation=cv2.INTER_NEAREST
-        )
+        inside = upscale_masks(masks[k], (rows, columns))
+        plane = inside.astype(np.uint8)
         colour = np.array(COLOURS[name], np.float32)
-        inside = plane > 0
         image[inside] = ((1 - alpha) * image[inside] + alpha * colour).astype(np.uint8)
         contours, _ = cv2.findContours(plane, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(image, contours, -1, tuple(int(c) for c in colour), 1)
@@ -48,11 +45,8 @@ def mask_overlay(gray: np.ndarray, masks: np.ndarray, alpha: float = 0.4) -> np.
 
 def study_masks(summary: Any, masks_folder: Path) -> tuple[list[str], np.ndarray] | None:
     """(image ids in z order, masks) of the series a study row was measured on, if any."""
-    series = summary.get("segmented_series") if hasattr(summary, "get") else None
-    if series is None or series != series or not str(series):
-        return None
-    path = masks_folder / f"{path_component(str(series))}.npz"
-    if not path.is_file():
+    path = segmented_file(summary, masks_folder)
+    if path is None:
         return None
     ids, _, masks, _ = read_series_masks(path)
     return ids, masks

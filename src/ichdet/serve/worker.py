@@ -100,18 +100,18 @@ def summarise(result: PredictResult, runner: Runner) -> dict[str, Any]:
 def _segmentation(result: PredictResult, study: Any) -> tuple[dict[str, Any], dict[str, int]]:
     """The study's volumes and its mask file (``predict --segmenter``), and each image id's row
     in that file; ({}, {}) without a segmentation."""
-    from ichdet.reports.seg_overlay import study_masks
-    from ichdet.util.names import path_component
+    from ichdet.data.masks import read_series_masks, segmented_file
 
-    masks = Path(result.files["studies"]).parent / "masks" if "studies" in result.files else None
-    found = study_masks(study, masks) if masks is not None else None
-    if found is None:
+    if "studies" not in result.files:
         return {}, {}
+    path = segmented_file(study, Path(result.files["studies"]).parent / "masks")
+    if path is None:
+        return {}, {}
+    ids = read_series_masks(path)[0]
     measures = {
         k: float(v) for k, v in study.items() if str(k).startswith(("volume_ml_", "thickness_mm_"))
     }
-    file = f"{path_component(str(study['segmented_series']))}.npz"
-    return {"file": file, **measures}, {image_id: k for k, image_id in enumerate(found[0])}
+    return {"file": path.name, **measures}, {image_id: k for k, image_id in enumerate(ids)}
 
 
 class Processor:
