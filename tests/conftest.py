@@ -10,6 +10,10 @@ import pytest
 
 from ichdet.dicom.write import ct_dataset, save_dataset
 
+# Ray instances started by tests (tests/test_ray.py) bind their servers to loopback only: Ray
+# takes the node's address from this setting when its module is first imported.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 SHARED_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "real-sample"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -163,3 +164,70 @@ def subdural_segmenter(path: Path, size: int = 32) -> Path:
         },
     )
     return path
+
+
+ORTHANC = shutil.which("Orthanc")
+DICOMWEB_PLUGIN = next(
+    (p for p in ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so",) if os.path.exists(p)), None
+)
+#: Orthanc lets a request in only with this bearer token (Lua filter; see Orthanc below)
+BEARER_FILTER = """
+function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
+  return httpHeaders['authorization'] == 'Bearer %s'
+end
+"""
+
+
+class Orthanc:
+    """Debian's Orthanc on loopback ports with a generated configuration; ichdet is a known
+    modality (``ichdet_port``); ``dicomweb`` loads the DICOMweb plugin under /dicom-web/;
+    ``token``: every HTTP request needs ``Authorization: Bearer TOKEN`` (Orthanc's Lua
+    request filter). Stopped by the test."""
+
+    def __init__(self, folder, ichdet_port=None, dicomweb=False, token=None):
+        import json
+
+        import httpx
+
+        self.http, self.dicom = free_port(), free_port()
+        modalities = {"ichdet": ["ICHDET", "127.0.0.1", ichdet_port]} if ichdet_port else {}
+        config = {
+            "Name": "ichdet-test",
+            "StorageDirectory": str(folder / "db"),
+            "IndexDirectory": str(folder / "db"),
+            "HttpPort": self.http,
+            "DicomPort": self.dicom,
+            "DicomAet": "ORTHANC",
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomModalities": modalities,
+            "DicomAlwaysAllowStore": True,
+            "DicomCheckCalledAet": False,
+            "Plugins": [DICOMWEB_PLUGIN] if dicomweb else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "SaveJobs": False,
+        }
+        if token:
+            (folder / "filter.lua").write_text(BEARER_FILTER % token)
+            config["LuaScripts"] = [str(folder / "filter.lua")]
+        (folder / "orthanc.json").write_text(json.dumps(config))
+        self.proc = subprocess.Popen(
+            [ORTHANC, str(folder / "orthanc.json")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{self.http}"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=self.url, timeout=30, headers=headers)
+        for _ in range(200):
+            try:
+                self.client.get("/system")
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("Orthanc did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)

@@ -29,6 +29,7 @@ RANKS = {
     "reports": 6,
     "demo": 7,
     "serve": 7,
+    "dicomweb": 7,
     "cli": 8,
     "__main__": 9,
     "__init__": 9,  # the public API re-exports every stage, lazily

@@ -20,6 +20,8 @@ from pynetdicom.sop_class import (  # noqa: E402
     SecondaryCaptureImageStorage,
 )
 from serve_fixtures import (  # noqa: E402
+    ORTHANC,
+    Orthanc,
     build_model_and_studies,
     ct_study,
     free_port,
@@ -277,56 +279,6 @@ def test_threads_do_not_leak(runner, tmp_path):
     ctx.stop()
     time.sleep(0.5)
     assert threading.active_count() <= before + 1
-
-
-ORTHANC = shutil.which("Orthanc")
-
-
-class Orthanc:
-    """Debian's Orthanc on loopback ports with a generated configuration; ichdet is a known
-    modality. Stopped by the test."""
-
-    def __init__(self, folder, ichdet_port):
-        import json
-
-        import httpx
-
-        self.http, self.dicom = free_port(), free_port()
-        config = {
-            "Name": "ichdet-test",
-            "StorageDirectory": str(folder / "db"),
-            "IndexDirectory": str(folder / "db"),
-            "HttpPort": self.http,
-            "DicomPort": self.dicom,
-            "DicomAet": "ORTHANC",
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomModalities": {"ichdet": ["ICHDET", "127.0.0.1", ichdet_port]},
-            "DicomAlwaysAllowStore": True,
-            "DicomCheckCalledAet": False,
-            "Plugins": [],
-            "SaveJobs": False,
-        }
-        (folder / "orthanc.json").write_text(json.dumps(config))
-        self.proc = subprocess.Popen(
-            [ORTHANC, str(folder / "orthanc.json")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.url = f"http://127.0.0.1:{self.http}"
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-        for _ in range(200):
-            try:
-                self.client.get("/system")
-                return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("Orthanc did not start")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
 
 
 @pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed: apt-get install orthanc")

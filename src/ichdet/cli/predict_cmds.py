@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -11,6 +12,7 @@ from ichdet.cli.common import console, err, fail
 
 if TYPE_CHECKING:
     from ichdet.inference.predict import PredictResult
+    from ichdet.inference.ray_scores import RayOptions
     from ichdet.inference.runners import Runner
     from ichdet.inference.seg_runner import Segmenter
 
@@ -21,12 +23,35 @@ SEGMENTER_HELP = (
 )
 
 
+Engine = Annotated[str, typer.Option(help="local (this machine) | ray (a Ray cluster)")]
+Address = Annotated[
+    str | None,
+    typer.Option(help="with --engine ray: auto | ray://HEAD:10001 (none: Ray on this machine)"),
+]
+Replicas = Annotated[
+    int, typer.Option(help="with --engine ray: model replicas (0: as many as the cluster holds)")
+]
+GpusPerReplica = Annotated[
+    float, typer.Option("--gpus-per-replica", help="with --engine ray: GPUs per model replica")
+]
+Studies = Annotated[list[str], typer.Option("--study", help="DICOMweb: a StudyInstanceUID")]
+Query = Annotated[
+    str | None,
+    typer.Option(help="DICOMweb: QIDO-RS filters, e.g. 'StudyDate=20250101-20250131'"),
+]
+Stow = Annotated[bool, typer.Option("--stow", help="DICOMweb: store the SR and SCs back")]
+TokenFile = Annotated[
+    Path | None,
+    typer.Option(help="DICOMweb bearer token file (else $ICHDET_DICOMWEB_TOKEN, if set)"),
+]
+
+
 def predict(
-    inputs: list[Path] = typer.Argument(
+    inputs: list[str] = typer.Argument(
         ...,
         metavar="MODEL... INPUT",
-        help="run dirs / checkpoints / one .onnx, then the input:"
-        " Kaggle folder or .zip, index parquet, DICOM folder",
+        help="run dirs / checkpoints / one .onnx, then the input: Kaggle folder or .zip, "
+        "index parquet, DICOM folder, or dicomweb+https://HOST/dicom-web",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     tta: bool = typer.Option(False, "--tta", help="average with horizontal flips"),
@@ -53,11 +78,20 @@ def predict(
     seg_gate: float = typer.Option(
         0.1, help="keep a slice's masks where the detector's p(any) reaches this (0: all)"
     ),
+    engine: Engine = "local",
+    address: Address = None,
+    replicas: Replicas = 0,
+    gpus: GpusPerReplica = 0.0,
+    study: Studies = [],  # noqa: B006 - typer's list option
+    query: Query = None,
+    stow: Stow = False,
+    token_file: TokenFile = None,
 ) -> None:
     """Per-slice and per-study probabilities (+ volumes, Kaggle submission, HTML reports)."""
     if len(inputs) < 2:
         fail("give at least one MODEL and an INPUT")
     *models, data = inputs
+    from ichdet.dicomweb.client import is_dicomweb
     from ichdet.inference.predict import predict as run_predict
     from ichdet.inference.runners import load_runner
     from ichdet.selection.choose import SelectionOptions
@@ -67,18 +101,80 @@ def predict(
     try:
         selection = SelectionOptions(series=series, slab=parse_slab(slab), image_check=image_check)
         runner = with_site(load_runner(models, device=device, tta=tta, batch_size=batch_size), site)
+        ray = _ray(engine, address, models, (device, tta, batch_size, workers), replicas, gpus)
         with progress_bar(None, "predict") as advance:
-            seg = _segmenter(segmenter, device, seg_gate)
-            result = run_predict(
-                runner, data, out, workers, advance, advance.set_total, selection, seg
-            )
-    except (FileNotFoundError, ValueError, ImportError) as exc:
+            args: dict[str, Any] = dict(workers=workers, progress=advance)
+            args["total"] = advance.set_total
+            args |= dict(selection=selection, segmenter=_segmenter(segmenter, device, seg_gate))
+            if is_dicomweb(data):
+                remote = Remote(data, token_file, study, query, stow)
+                result = _predict_dicomweb(runner, remote, out, ray, args)
+            else:
+                result = run_predict(runner, data, out, ray=ray, **args)
+    except (FileNotFoundError, ValueError, ImportError, OSError) as exc:
         fail(str(exc))
     _summarise(result)
     if report:
         _write_reports(runner, result, out)
     if dicom_out is not None:
         _write_dicom(runner, result, dicom_out)
+
+
+@dataclass(frozen=True)
+class Remote:
+    url: str
+    token_file: Path | None
+    studies: list[str]
+    query: str | None
+    stow: bool
+
+
+def _predict_dicomweb(
+    runner: Runner, remote: Remote, out: Path, ray: RayOptions | None, args: dict
+) -> PredictResult:
+    """predict from a DICOMweb server (ichdet.dicomweb.run); prints what was fetched and
+    stored, and fails when nothing could be fetched."""
+    from ichdet.dicomweb.client import parse_server
+    from ichdet.dicomweb.run import Request, predict_dicomweb
+    from ichdet.util.ray_engine import Engine, mapper
+
+    server = parse_server(remote.url, remote.token_file)
+    request = Request(tuple(remote.studies), remote.query)
+    fetch = mapper(ray.engine if ray else Engine())
+    run = predict_dicomweb(runner, server, request, out, remote.stow, fetch, ray=ray, **args)
+    series = sum(len(p.series) for p in run.plans)
+    console.print(f"DICOMweb: {len(run.plans)} study(ies), {series} series fetched")
+    if run.failed:
+        err.print(
+            f"{len(run.failed)} DICOMweb problem(s); reasons in {out / 'dicomweb_errors.csv'}",
+            style="yellow",
+        )
+    if run.result is None:
+        fail("nothing could be fetched; see dicomweb_studies.csv and dicomweb_errors.csv")
+    if remote.stow:
+        console.print(f"STOW-RS: {run.stored} result instance(s) stored back")
+    return run.result
+
+
+def _ray(
+    engine: str,
+    address: str | None,
+    models: list[str],
+    run: tuple[str, bool, int, int],
+    replicas: int,
+    gpus: float,
+) -> RayOptions | None:
+    """The Ray settings of ``predict --engine ray`` (None for the local engine)."""
+    from ichdet.util.ray_engine import Engine
+
+    chosen = Engine(engine, address)
+    if not chosen.is_ray:
+        return None
+    from ichdet.inference.ray_scores import RayOptions
+
+    device, tta, batch_size, workers = run
+    paths = tuple(str(Path(m).resolve()) for m in models)  # the workers' folder is not ours
+    return RayOptions(chosen, paths, device, tta, batch_size, replicas, gpus, workers=workers)
 
 
 def _segmenter(paths: list[Path], device: str, gate: float) -> Segmenter | None:
@@ -106,6 +202,10 @@ def _summarise(result: PredictResult) -> None:
     if result.slices.empty and assessed.all():
         fail(f"nothing could be predicted; reasons in {result.files['errors']}")
     n_studies = len(result.studies)
+    if result.ray is not None:
+        console.print(
+            f"Ray: {result.ray.scored} series scored, {result.ray.resumed} finished before (parts/)"
+        )
     console.print(
         f"{len(result.slices)} slices of {n_studies} {'study' if n_studies == 1 else 'studies'} -> "
         f"{result.files['slices']}, {result.files['studies']}, {result.files['series']} "

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ichdet.data.folds import assign_folds
 from ichdet.data.study_labels import join_study_labels, read_study_labels
-from ichdet.dicom.read import DicomError, read_hu, read_identity, read_meta
+from ichdet.dicom.read import DicomError, SliceMeta, read_hu, read_identity, read_meta
 from ichdet.dicom.sources import (
     IMAGE_SUFFIXES,
     ZIP_SEP,
@@ -145,6 +145,11 @@ def _scan_one(source: str) -> dict | tuple[str, str]:
         return other_object(source, reason) or (source, reason)
     except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
         return (source, f"unreadable ({type(exc).__name__}: {exc})")
+    return meta_record(meta, source)
+
+
+def meta_record(meta: SliceMeta, source: str) -> dict:
+    """The index row of one slice's header."""
     facts = meta.series
     return {
         "image_id": meta.sop_instance_uid or source_stem(source),
@@ -193,10 +198,14 @@ def _scan_chunk(sources: list[str]) -> list[dict | tuple[str, str]]:
 
 
 def scan(
-    sources: list[str], workers: int = 1, progress: Callable[[int], None] | None = None
+    sources: list[str],
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+    mapper: Callable[..., list] = map_chunks,
 ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Header-read every source; returns (records, errors as (source, reason))."""
-    results = map_chunks(
+    """Header-read every source; returns (records, errors as (source, reason)). ``mapper``:
+    how the work is spread (this machine's processes; ``ichdet.util.ray_engine.mapper``)."""
+    results = mapper(
         _scan_chunk, sources, workers, progress=progress, on_crash=lambda s: [(s, WORKER_DIED)]
     )
     records = [r for r in results if isinstance(r, dict)]
@@ -291,6 +300,11 @@ def _join_labels(df: pd.DataFrame, label_table: pd.DataFrame | None, report: dic
     return labelled
 
 
+def index_frame(records: list[dict]) -> pd.DataFrame:
+    """An index of header records (no labels, splits or folds), in series order."""
+    return order_series(_frame(records))
+
+
 def _frame(records: list[dict]) -> pd.DataFrame:
     columns = [*ID_COLUMNS, "z", "instance_number", "rows", "columns", "source", "kind"]
     columns += ["synthetic", *SERIES_COLUMNS, *STUDY_TEXT_COLUMNS]
@@ -306,16 +320,18 @@ def build_index(
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
     study_labels: str | os.PathLike | None = None,
+    mapper: Callable[..., list] = map_chunks,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Index ``data``; returns (index, errors, report). See the module docstring.
 
-    ``study_labels``: a CSV of study-level labels (see ``ichdet.data.study_labels``).
+    ``study_labels``: a CSV of study-level labels (see ``ichdet.data.study_labels``);
+    ``mapper``: where the header reads run (:func:`scan`).
     """
     study_table = read_study_labels(study_labels) if study_labels is not None else None
     skipped: list[tuple[str, str]] = []
     sources = list(list_sources(data, skipped))
     total and total(len(sources))
-    records, errors = scan(sources, workers, progress)
+    records, errors = scan(sources, workers, progress, mapper)
     others = [r for r in records if r["kind"] == "other"]
     records = [r for r in records if r["kind"] != "other"]
     not_images = [s for s, reason in errors if reason == NOT_AN_IMAGE]

@@ -176,16 +176,20 @@ def prepare_rows(
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
     verify: bool = False,
+    mapper: Callable[..., list] = map_chunks,
 ) -> tuple[Path, int, int, list[Row]]:
     """Fill the cache for ``rows``; returns (cache dir, written, already there, failures as
-    (image_id, source, reason)); the failures are also in ``errors.csv`` of the cache dir."""
+    (image_id, source, reason)); the failures are also in ``errors.csv`` of the cache dir.
+    ``mapper``: where the work runs (this machine's processes, or a Ray cluster:
+    ``ichdet.util.ray_engine.mapper``; there the cache root must be on storage every node
+    writes to)."""
     directory = cache_dir(root, settings)
     directory.mkdir(parents=True, exist_ok=True)
     write_settings(directory, settings)
     todo = pending(rows, directory, settings, verify)
     total and total(len(todo))
     work = partial(_prepare_chunk, directory=os.fspath(directory), settings=settings)
-    failed = map_chunks(work, todo, workers, max_chunk=64, progress=progress, on_crash=_worker_died)
+    failed = mapper(work, todo, workers, max_chunk=64, progress=progress, on_crash=_worker_died)
     write_csv(directory / "errors.csv", ["image_id", "source", "reason"], failed)
     return directory, len(todo) - len(failed), len(rows) - len(todo), failed
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from ichdet.data.index import build_index, order_series
 from ichdet.dicom.sources import find_member, open_text
 from ichdet.evaluation.metrics import from_long, to_long
 from ichdet.evaluation.site import apply_site
-from ichdet.inference.decode import decode_ahead, frame_rows, series_chunks
+from ichdet.inference.decode import Decoded, decode_ahead, frame_rows, series_chunks
 from ichdet.inference.runners import Runner
 from ichdet.inference.seg_runner import Segmenter
 from ichdet.inference.segment import clear_masks, segment_outputs, with_volumes
@@ -36,6 +37,9 @@ from ichdet.selection.choose import ReadPlan, SelectionOptions, plan_reads
 from ichdet.util.jsonio import write_json
 from ichdet.util.tables import write_frame
 
+if TYPE_CHECKING:
+    from ichdet.inference.ray_scores import RayOptions, RayRun
+
 SAMPLE_SUBMISSIONS = ("stage_2_sample_submission.csv", "stage_1_sample_submission.csv")
 
 
@@ -50,6 +54,7 @@ class PredictResult:
     missing: int = 0  # sample-submission images that were not predicted
     inputs: pd.DataFrame | None = None  # every image found (all series), read or not
     series: pd.DataFrame | None = None  # series.csv: every series, read or not, and why
+    ray: RayRun | None = None  # with --engine ray: series scored now and resumed
 
 
 @dataclass
@@ -136,13 +141,25 @@ def score_series(
         for chunk in series_chunks(rows, spec.context, known=known):
             chunks.append(chunk)
             keys.append(key)
+    depth = 2 * max(1, workers)
+    decoded = decode_ahead(chunks, spec.settings, spec.context, workers, depth)
+    z = dict(zip(index["image_id"], index["z"], strict=True))
+    return score_decoded(runner, zip(keys, decoded, strict=True), z, progress)
+
+
+def score_decoded(
+    runner: Runner,
+    decoded: Iterable[tuple[tuple, Decoded]],
+    z: dict[str, float],
+    progress: Callable[[int], None] | None = None,
+) -> Scores:
+    """The model over decoded chunks, each with its (study, series) key, in series order:
+    the one scoring path of both engines (the Ray engine's actors call it per series)."""
     ids: list[str] = []
     probs: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []
-    buffer = _SeriesBuffer(runner, dict(zip(index["image_id"], index["z"], strict=True)))
-    depth = 2 * max(1, workers)
-    decoded = decode_ahead(chunks, spec.settings, spec.context, workers, depth)
-    for key, (chunk_ids, volume, errs) in zip(keys, decoded, strict=True):
+    buffer = _SeriesBuffer(runner, z)
+    for key, (chunk_ids, volume, errs) in decoded:
         errors += errs
         if volume is not None and runner.series is not None:
             buffer.add(key, chunk_ids, runner.embed(volume))
@@ -189,7 +206,9 @@ OUTPUTS = ("slices", "studies", "series", "errors", "submission")
 MANIFEST = "manifest.json"
 
 
-def write_outputs(out: Path, frames: dict[str, pd.DataFrame], runner: Runner) -> dict[str, Path]:
+def write_outputs(
+    out: Path, frames: dict[str, pd.DataFrame], runner: Runner, ray: RayRun | None = None
+) -> dict[str, Path]:
     """The CSVs (formula-safe), then ``manifest.json`` naming them: a crash leaves no stale
     file of an earlier run beside new ones, and a folder without a manifest is incomplete."""
     for name in (*[f"{k}.csv" for k in OUTPUTS], MANIFEST):
@@ -205,6 +224,9 @@ def write_outputs(out: Path, frames: dict[str, pd.DataFrame], runner: Runner) ->
     }
     if any((out / "masks").glob("*.npz")):
         manifest["masks"] = "masks"
+    if ray is not None:
+        manifest["engine"] = {"name": "ray", "series_scored": ray.scored}
+        manifest["engine"]["series_resumed"] = ray.resumed
     write_json(out / MANIFEST, manifest)
     return files
 
@@ -218,13 +240,15 @@ def predict(
     total: Callable[[int], None] | None = None,
     selection: SelectionOptions | None = None,
     segmenter: Segmenter | None = None,
+    ray: RayOptions | None = None,
 ) -> PredictResult:
     """Run ``runner`` (see ichdet.inference.runners) over ``data``; write the CSVs into ``out``.
 
     Each study's series are classified and the ones to read chosen first (``selection``; the
     model's training spacing by default; a Kaggle test set is read whole); a ``segmenter`` adds
-    volumes and ``out/masks`` (ichdet.inference.segment). ``progress(n)`` is
-    called as files are done; ``total(n)`` once the count of images to read is known.
+    volumes and ``out/masks`` (ichdet.inference.segment); ``ray`` scores the series on a
+    Ray cluster (ichdet.inference.ray_scores; resumable from ``out/parts``). ``progress(n)``
+    is called as files are done; ``total(n)`` once the count of images to read is known.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,7 +256,7 @@ def predict(
     plan = plan_reads(given.index, given.others, _options(selection, runner, given))
     if total:
         total(len(plan.rows))
-    scores = score_series(runner, plan.rows, workers, progress, plan.decoded)
+    scores, ray_run = _scores(runner, plan, out, workers, progress, ray)
     slices = _slice_table(scores, plan.rows)
     study_probs = None
     if scores.series is not None:  # a study of several series read: its highest series
@@ -258,11 +282,36 @@ def predict(
         error_rows += [(f"{i} (sample submission)", NOT_PREDICTED) for i in unpredicted]
         frames["submission"] = submission
     errors_df = pd.DataFrame(error_rows, columns=["source", "reason"])
-    files = write_outputs(out, {**frames, "errors": errors_df}, runner)
+    files = write_outputs(out, {**frames, "errors": errors_df}, runner, ray_run)
     series = frames["series"]
     return PredictResult(
-        plan.rows, slices, studies, errors_df, submission, files, missing, given.index, series
+        plan.rows,
+        slices,
+        studies,
+        errors_df,
+        submission,
+        files,
+        missing,
+        given.index,
+        series,
+        ray_run,
     )
+
+
+def _scores(
+    runner: Runner,
+    plan: ReadPlan,
+    out: Path,
+    workers: int,
+    progress: Callable[[int], None] | None,
+    ray: RayOptions | None,
+) -> tuple[Scores, RayRun | None]:
+    """The read plan scored here (``workers`` decoding processes) or on Ray."""
+    if ray is None:
+        return score_series(runner, plan.rows, workers, progress, plan.decoded), None
+    from ichdet.inference.ray_scores import ray_score_series
+
+    return ray_score_series(runner, ray, plan.rows, out, progress)
 
 
 def _measured(

@@ -1,0 +1,1 @@
+"""DICOMweb in and out: QIDO-RS, WADO-RS, STOW-RS (dicomweb-client)."""
