@@ -189,6 +189,7 @@ class Orthanc:
 
         import httpx
 
+        folder.mkdir(parents=True, exist_ok=True)
         self.http, self.dicom = free_port(), free_port()
         modalities = {"ichdet": ["ICHDET", "127.0.0.1", ichdet_port]} if ichdet_port else {}
         config = {

@@ -235,3 +235,33 @@ def test_the_local_engine_imports_no_ray():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_dicomweb_fetches_as_ray_tasks_and_predicts_on_ray(cluster, run, tmp_path):
+    """Series fetched by Ray tasks (WADO-RS from Orthanc) and scored on Ray: the same
+    probabilities as fetching and predicting here."""
+    pytest.importorskip("dicomweb_client", reason="pip install 'ichdet[dicomweb]'")
+    from serve_fixtures import DICOMWEB_PLUGIN, ORTHANC, Orthanc, ct_study
+
+    if ORTHANC is None or DICOMWEB_PLUGIN is None:
+        pytest.skip("Orthanc and its DICOMweb plugin are not installed (orthanc-dicomweb)")
+    from ichdet.dicomweb.client import DicomwebServer
+    from ichdet.dicomweb.run import Request, predict_dicomweb
+
+    orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True)
+    try:
+        for seed in (1, 2, 3):
+            for path in ct_study(tmp_path / f"s{seed}", slices=12, size=48, seed=seed):
+                orthanc.client.post("/instances", content=path.read_bytes()).raise_for_status()
+        server = DicomwebServer(f"{orthanc.url}/dicom-web")
+        request = Request(query="ModalitiesInStudy=CT")
+        runner = load_runner([run / "cnn"])
+        here = predict_dicomweb(runner, server, request, tmp_path / "here", workers=2)
+        there = predict_dicomweb(
+            runner, server, request, tmp_path / "ray", mapper=mapper(RAY), ray=_options(run)
+        )
+    finally:
+        orthanc.stop()
+    assert len(here.plans) == len(there.plans) == 3 and not here.failed and not there.failed
+    assert there.result.ray.scored == 3
+    _same_outputs(tmp_path / "here", tmp_path / "ray")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -17,3 +17,14 @@ err = Console(stderr=True, soft_wrap=True, markup=False)
 def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"error: {message}", style="red")
     raise typer.Exit(code)
+
+
+EngineOpt = Annotated[
+    str, typer.Option("--engine", help="local (this machine) | ray (a Ray cluster)")
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address", help="with --engine ray: auto | ray://HEAD:10001 (none: Ray on this machine)"
+    ),
+]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from ichdet.cli.common import console, err, fail
+from ichdet.cli.common import AddressOpt, EngineOpt, console, err, fail
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,6 +66,18 @@ def synth(
     )
 
 
+def _mapper(engine: str, address: str | None, workers: int) -> Callable[..., list]:
+    """How index/prepare spread their work: this machine's processes, or Ray tasks (every
+    node must see the same paths: the data, and for prepare the cache)."""
+    from ichdet.util.ray_engine import Engine as Where
+    from ichdet.util.ray_engine import connect, mapper
+
+    where = Where(engine, address)
+    if where.is_ray:
+        connect(where, workers)
+    return mapper(where, workers)
+
+
 def index(
     data: Path = typer.Argument(
         ..., help="Kaggle folder or .zip, a DICOM folder, or an image folder"
@@ -90,12 +103,15 @@ def index(
         help="NIfTI label values, e.g. 1=intraparenchymal,2=intraventricular "
         "(default 1..5 = epidural, intraparenchymal, intraventricular, subarachnoid, subdural)",
     ),
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
 ) -> None:
     """One row per readable image: ids, z, split, source, labels, fold (+ masks)."""
     from ichdet.data.index import build_index, write_index
     from ichdet.util.progress import progress_bar
 
     try:
+        spread = _mapper(engine, address, workers)
         with progress_bar(None, "index") as advance:
             df, errors, report = build_index(
                 data,
@@ -106,10 +122,11 @@ def index(
                 seed=seed,
                 progress=advance,
                 total=advance.set_total,
+                mapper=spread,
             )
         if masks is not None:
             df, errors, report = _join_masks(df, errors, report, masks, mask_labels, out)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, ImportError) as exc:
         fail(str(exc))
     write_index(df, errors, report, out)
     _print_index(df, errors, report, out)
@@ -209,6 +226,8 @@ def prepare(
     verify: bool = typer.Option(
         False, "--verify", help="decode every existing entry; redo damaged ones"
     ),
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
 ) -> None:
     """Resized uint8 window stacks for every indexed image (resumable)."""
     import time
@@ -223,7 +242,8 @@ def prepare(
             size=size, windows=parse_windows(windows), window_kind=window_kind, format=fmt
         )
         rows = read_rows(index_file)
-    except (OSError, ValueError) as exc:
+        spread = _mapper(engine, address, workers)
+    except (OSError, ValueError, ImportError) as exc:
         fail(str(exc))
     start = time.perf_counter()
     with progress_bar(None, "prepare") as advance:
@@ -235,6 +255,7 @@ def prepare(
             progress=advance,
             total=advance.set_total,
             verify=verify,
+            mapper=spread,
         )
     seconds = time.perf_counter() - start
     rate = f" ({written / seconds:.0f} images/s)" if written else ""

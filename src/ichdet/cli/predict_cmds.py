@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ichdet.cli.common import console, err, fail
+from ichdet.cli.common import AddressOpt, EngineOpt, console, err, fail
 
 if TYPE_CHECKING:
     from ichdet.inference.predict import PredictResult
@@ -23,11 +23,6 @@ SEGMENTER_HELP = (
 )
 
 
-Engine = Annotated[str, typer.Option(help="local (this machine) | ray (a Ray cluster)")]
-Address = Annotated[
-    str | None,
-    typer.Option(help="with --engine ray: auto | ray://HEAD:10001 (none: Ray on this machine)"),
-]
 Replicas = Annotated[
     int, typer.Option(help="with --engine ray: model replicas (0: as many as the cluster holds)")
 ]
@@ -78,8 +73,8 @@ def predict(
     seg_gate: float = typer.Option(
         0.1, help="keep a slice's masks where the detector's p(any) reaches this (0: all)"
     ),
-    engine: Engine = "local",
-    address: Address = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
     replicas: Replicas = 0,
     gpus: GpusPerReplica = 0.0,
     study: Studies = [],  # noqa: B006 - typer's list option

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,28 @@ def _value(item: dict, tag: str) -> str:
     return str(values[0])
 
 
+#: QIDO-RS page size, and the most pages read (a server that ignores ``offset`` would
+#: otherwise give the same page forever)
+PAGE = 500
+MAX_PAGES = 200
+
+
+def _uids(search: Callable[..., list[dict]], tag: str, **filters: Any) -> list[str]:
+    """Every UID (``tag``) a QIDO-RS search finds, page by page; stops at a short page, at a
+    page with nothing new, or after ``MAX_PAGES``."""
+    found: dict[str, None] = {}
+    for page in range(MAX_PAGES):
+        items = search(limit=PAGE, offset=page * PAGE, **filters)
+        new = [u for item in items if (u := _value(item, tag)) and u not in found]
+        found.update(dict.fromkeys(new))
+        if len(items) < PAGE or not new:
+            break
+    return list(found)
+
+
 def find_studies(client: Any, query: dict[str, str] | None) -> list[str]:
     """StudyInstanceUIDs of the studies matching ``query`` (QIDO-RS, every page)."""
-    found = client.search_for_studies(search_filters=query or {}, get_remaining=True)
-    return list(dict.fromkeys(uid for item in found if (uid := _value(item, STUDY_UID))))
+    return _uids(client.search_for_studies, STUDY_UID, search_filters=query or {})
 
 
 def _as_part10(item: dict) -> bytes:
@@ -106,10 +125,7 @@ def plan_study(
     """The series of ``study`` worth fetching, chosen from their metadata (no pixels):
     ``best`` -> the one series predict would read, ``all``/``off`` -> every readable one."""
     records: list[dict] = []
-    for series in client.search_for_series(study_instance_uid=study, get_remaining=True):
-        uid = _value(series, SERIES_UID)
-        if not uid:
-            continue
+    for uid in _uids(client.search_for_series, SERIES_UID, study_instance_uid=study):
         for item in client.retrieve_series_metadata(study, uid):
             source = f"dicomweb:{study}/{uid}/{_value(item, INSTANCE_UID)}"
             record = header_record(item, source)
