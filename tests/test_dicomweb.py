@@ -4,7 +4,9 @@ the metadata, fetches only those (WADO-RS), and stores the SR and captures back 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import time
 
 import pandas as pd
 import pydicom
@@ -131,3 +133,60 @@ def test_a_url_with_credentials_or_another_scheme_is_refused(model, tmp_path):
         result = cli.invoke(app, ["predict", str(model), url, "--study", "1.2", "--out", "o"])
         assert result.exit_code == 1 and "dicomweb+" in result.output
     assert not os.path.exists("o")
+
+
+def _dated(paths, date):
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.StudyDate = date
+        ds.save_as(path)
+    return paths
+
+
+def _wait(predicate, seconds=90):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_serve_watches_a_dicomweb_server_and_queues_each_new_study_once(model, tmp_path):
+    """``serve --dicomweb URL --poll S``: a study of today becomes a job, one stored later
+    becomes another at a later poll, an old study is not asked for, none is queued twice."""
+    from ichdet.dicomweb.client import DicomwebServer
+    from ichdet.inference.runners import load_runner
+    from ichdet.serve.context import Context, Settings
+
+    today = dt.date.today().strftime("%Y%m%d")
+    first = _dated(ct_study(tmp_path / "a", slices=12, seed=4), today)
+    old = _dated(ct_study(tmp_path / "old", slices=12, seed=5), "20190101")
+    later = _dated(ct_study(tmp_path / "b", slices=12, seed=6), today)
+    orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True)
+    try:
+        _upload(orthanc, [*first, *old])
+        server = DicomwebServer(f"{orthanc.url}/dicom-web")
+        settings = Settings(store=tmp_path / "store", dicomweb=server, poll_seconds=0.3)
+        ctx = Context(load_runner([model]), settings)
+        ctx.start()
+        try:
+            assert _wait(lambda: ctx.store.count("done") == 1)
+            _upload(orthanc, later)
+            assert _wait(lambda: ctx.store.count("done") == 2)
+            time.sleep(1.5)  # several more polls: nothing new
+            jobs, total = ctx.store.worklist(0, 10)
+            assert not ctx.down()
+        finally:
+            ctx.stop()
+    finally:
+        orthanc.stop()
+    assert total == 2 and {j.origin for j in jobs} == {"dicomweb"}
+    uids = {str(pydicom.dcmread(p[0]).StudyInstanceUID) for p in (first, later)}
+    seen = set()
+    for job in jobs:  # the instances fetched, and the SR written as for a DICOM study
+        files = sorted((ctx.studies / job.id / "files").glob("*.dcm"))
+        assert len(files) == 12
+        seen.add(str(pydicom.dcmread(files[0]).StudyInstanceUID))
+        assert list((ctx.studies / job.id / "dicom").glob("sr_*.dcm"))
+    assert seen == uids

@@ -57,11 +57,23 @@ Hosts = Annotated[
 ]
 
 
+Host = Annotated[str, typer.Option(help="address to bind (other than loopback: token)")]
+DicomwebUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--dicomweb", help="watch dicomweb+https://HOST/dicom-web: new CT studies become jobs"
+    ),
+]
+Poll = Annotated[float, typer.Option(help="with --dicomweb: seconds between QIDO-RS polls")]
+DicomwebToken = Annotated[
+    Path | None,
+    typer.Option(help="with --dicomweb: bearer token file (else $ICHDET_DICOMWEB_TOKEN)"),
+]
+
+
 def serve(
     model: Model,
-    host: Annotated[str, typer.Option(help="address to bind (other than loopback: token)")] = (
-        "127.0.0.1"
-    ),
+    host: Host = "127.0.0.1",
     port: int = 8000,
     store: Store = Path("ichdet-store"),
     workers: Workers = 1,
@@ -88,6 +100,9 @@ def serve(
     max_connections: Annotated[int, typer.Option(help="HTTP connections at once")] = 64,
     site: Site = None,
     segmenter: SegmenterPath = None,
+    dicomweb: DicomwebUrl = None,
+    poll: Poll = 60.0,
+    dicomweb_token_file: DicomwebToken = None,
 ) -> None:
     """Serve MODEL: upload, triage and review head CT studies (API under /api/v1, page at /)."""
     from ichdet.serve.app import Settings, create_app
@@ -115,8 +130,22 @@ def serve(
         allowed_hosts=tuple(allowed_host),
         http_host=host,
         http_port=port,
+        dicomweb=_dicomweb(dicomweb, dicomweb_token_file),
+        poll_seconds=poll,
     )
     run(create_app(_runner(model, store, site, segmenter), settings), host, port, max_connections)
+
+
+def _dicomweb(url: str | None, token_file: Path | None) -> Any:
+    """The DICOMweb server ``serve --dicomweb`` watches, or None."""
+    if url is None:
+        return None
+    from ichdet.dicomweb.client import parse_server
+
+    try:
+        return parse_server(url, token_file)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _serve_door(access: Any, token: str | None, host: str, dicom_port: int | None) -> Any:

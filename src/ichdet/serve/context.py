@@ -10,7 +10,9 @@ import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ichdet.dicomweb.client import DicomwebServer
 from ichdet.inference.runners import Runner
 from ichdet.selection.choose import SelectionOptions
 from ichdet.serve.audit import Audit
@@ -21,6 +23,9 @@ from ichdet.serve.results import DicomResults
 from ichdet.serve.store import Store
 from ichdet.serve.worker import Processor
 from ichdet.util.names import path_component
+
+if TYPE_CHECKING:
+    from ichdet.serve.dicomweb_poll import DicomwebPoller
 
 log = logging.getLogger("ichdet.serve")
 _ID = re.compile(r"[0-9a-f]{32}")
@@ -47,6 +52,8 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()  # Host header names beyond the bind address/localhost
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    dicomweb: DicomwebServer | None = None  # a DICOMweb server watched for new studies
+    poll_seconds: float = 60.0
 
     @property
     def owner(self) -> str:
@@ -100,6 +107,7 @@ class Context:
                 settings.dicom_access,
                 self.queue_room,
             )
+        self.poller = self._poller()
 
     @property
     def studies(self) -> Path:
@@ -115,10 +123,27 @@ class Context:
         pending = self.listener.pending() if self.listener else 0
         return self.settings.queue_size - self.store.count("queued") - pending
 
+    def _poller(self) -> DicomwebPoller | None:
+        if self.settings.dicomweb is None:
+            return None
+        from ichdet.serve.dicomweb_poll import DicomwebPoller
+
+        return DicomwebPoller(
+            self.settings.dicomweb,
+            self.store,
+            self.settings.store,
+            self.processor.wake,
+            self.settings.poll_seconds,
+            self.settings.selection,
+            self.runner.slice_spacing,
+            self.queue_room,
+        )
+
     def down(self) -> dict[str, str]:
         """The parts of the service that are down (``/healthz`` answers 503 while any is)."""
         parts = [self.processor.supervisor]
         parts += [self.listener.supervisor] if self.listener else []
+        parts += [self.poller.supervisor] if self.poller else []
         parts += [self.outbox.supervisor] if self.outbox else []
         return {k: v for p in parts for k, v in p.down().items()}
 
@@ -132,8 +157,12 @@ class Context:
             self.outbox.start()
         if self.listener:
             self.listener.start()
+        if self.poller:
+            self.poller.start()
 
     def stop(self) -> None:
+        if self.poller:
+            self.poller.stop()
         if self.listener:
             self.listener.stop()
         self.processor.stop()
@@ -158,6 +187,12 @@ class Context:
             if not files:
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
-            origin_file = folder / "origin"
-            origin = origin_file.read_text().strip() if origin_file.is_file() else "upload"
-            self.store.add(folder.name, files, origin="dicom" if origin == "dicom" else "upload")
+            self.store.add(folder.name, files, *_origin(folder))
+
+
+def _origin(folder: Path) -> tuple[str, str | None]:
+    """(origin, study key) of a study folder whose job row is missing."""
+    origin_file, key_file = folder / "origin", folder / "study_key"
+    origin = origin_file.read_text().strip() if origin_file.is_file() else "upload"
+    key = key_file.read_text().strip()[:64] if key_file.is_file() else None
+    return (origin if origin in ("dicom", "dicomweb") else "upload"), key

@@ -30,7 +30,7 @@ class DicomResults:
 
     def __call__(self, study_id: str, result: PredictResult) -> None:
         job = self.store.get(study_id)
-        if job is None or job.origin != "dicom":
+        if job is None or job.origin not in ("dicom", "dicomweb"):
             return
         from ichdet import __version__
         from ichdet.reports.dicom_results import dicom_results, result_inputs, write_datasets

@@ -1,0 +1,114 @@
+"""``ichdet serve --dicomweb URL --poll 60``: a DICOMweb server watched for new studies.
+
+Every ``poll`` seconds a QIDO-RS search asks for the studies of the query (CT by default)
+from a day before the last poll on (``StudyDate``: the search the standard offers; a study
+acquired earlier but stored late is found within that day). A study not seen before has its
+series chosen from the WADO-RS metadata, the chosen series fetched into a temporary folder,
+and becomes a queued job (origin ``dicomweb``) like an upload: it shows in the worklist, and
+its SR and Secondary Captures are written as for a study received over DICOM. A study is
+keyed by a hash of its StudyInstanceUID, so it becomes one job however often it is seen.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from ichdet.dicomweb.client import DicomwebServer
+from ichdet.dicomweb.fetch import fetch_series, find_studies, plan_study
+from ichdet.selection.choose import SelectionOptions
+from ichdet.serve.store import Store, new_id
+from ichdet.serve.supervise import Supervisor
+from ichdet.util.atomic import write_text
+from ichdet.util.names import path_component
+
+log = logging.getLogger("ichdet.serve")
+ORIGIN = "dicomweb"
+LOOKBACK = dt.timedelta(days=1)
+DEFAULT_QUERY = {"ModalitiesInStudy": "CT"}
+
+
+def poll_key(study_uid: str) -> str:
+    return hashlib.sha256(f"dicomweb:{study_uid}".encode()).hexdigest()
+
+
+class DicomwebPoller:
+    def __init__(
+        self,
+        server: DicomwebServer,
+        store: Store,
+        root: Path,
+        wake: threading.Event,
+        every: float = 60.0,
+        selection: SelectionOptions | None = None,
+        training_mm: float | None = None,
+        room: Callable[[], int] = lambda: 1,
+        query: dict[str, str] | None = None,
+    ):
+        self.server, self.store, self.root, self.wake = server, store, root, wake
+        self.every, self.room = every, room
+        self.selection = selection or SelectionOptions()
+        self.training_mm = training_mm
+        self.query = dict(query or DEFAULT_QUERY)
+        self.since = dt.date.today() - LOOKBACK
+        self.unreadable: set[str] = set()  #: studies with nothing to read (not asked again)
+        self.stopping = threading.Event()
+        self.supervisor = Supervisor(self.stopping)
+
+    def start(self) -> None:
+        self.supervisor.spawn("dicomweb-poll", self.poll, pause=self.every)
+        log.info("watching a DICOMweb server every %.0f s", self.every)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.supervisor.join(timeout=10)
+
+    def poll(self) -> int:
+        """One poll; returns the studies queued."""
+        started = dt.date.today()
+        client = self.server.client()
+        query = {**self.query, "StudyDate": f"{self.since:%Y%m%d}-"}
+        queued = 0
+        for uid in find_studies(client, query):
+            if self.stopping.is_set() or self.room() <= 0:
+                return queued  # the rest wait for the next poll (since is kept)
+            if uid in self.unreadable or self.store.by_key(poll_key(uid)) is not None:
+                continue
+            queued += self._queue(client, uid)
+        self.since = started - LOOKBACK
+        return queued
+
+    def _queue(self, client: object, uid: str) -> int:
+        plan = plan_study(client, uid, self.selection, self.training_mm)
+        if not plan.series:
+            self.unreadable.add(uid)
+            log.info("a DICOMweb study has nothing to read (%s)", plan.reason)
+            return 0
+        study_id = new_id()
+        # swept at the next start if this process dies mid-fetch (Context.sweep)
+        incoming = self.root / f"incoming-{path_component(self.store.owner)}-{study_id}"
+        try:
+            for series in plan.series:
+                fetch_series(self.server, uid, series, incoming)
+            target = self.root / "studies" / study_id
+            target.mkdir(parents=True)
+            files = target / "files"
+            files.mkdir()
+            count = 0
+            for path in sorted(incoming.rglob("*.dcm")):
+                path.rename(files / f"{count:06d}-{path_component(path.stem)}.dcm")
+                count += 1
+            write_text(target / "origin", ORIGIN)
+            write_text(target / "study_key", poll_key(uid))
+            write_text(target / "owner", self.store.owner)
+        finally:
+            shutil.rmtree(incoming, ignore_errors=True)
+        self.store.add(study_id, count, origin=ORIGIN, study_key=poll_key(uid))
+        self.wake.set()
+        log.info("study %s fetched from DICOMweb (%d instances)", study_id, count)
+        return 1
