@@ -180,6 +180,14 @@ def test_an_interrupted_run_resumes_without_redoing_finished_series(cluster, run
     _same_outputs(local, tmp_path)
 
 
+def test_decode_tasks_apart_from_the_replicas_give_the_same_results(cluster, run, local, tmp_path):
+    """The GPU layout (decode as CPU tasks feeding the model actors), run on CPUs."""
+    options = RayOptions(RAY, (str(run / "cnn"),), replicas=1, decode_tasks=True)
+    result = predict(load_runner([run / "cnn"]), run / "index.parquet", tmp_path, ray=options)
+    assert result.ray.scored == 24
+    _same_outputs(local, tmp_path)
+
+
 def test_a_part_of_another_model_is_not_reused(cluster, run, tmp_path):
     runner = load_runner([run / "cnn"])
     predict(runner, run / "index.parquet", tmp_path, ray=_options(run))

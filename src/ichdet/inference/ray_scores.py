@@ -19,6 +19,7 @@ import io
 import json
 import os
 import socket
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from ichdet.inference.runners import Runner
 
 PARTS = "parts"
+#: Times a series is tried again when its worker dies (then it is listed, not retried).
+RETRIES = 3
 RUN_KEY = "run.json"
 META_KEY = b"ichdet"
 
@@ -56,6 +59,12 @@ class RayOptions:
     gpus_per_replica: float = 0.0
     cpus_per_replica: float = 1.0
     workers: int = 1  #: CPUs of the Ray instance started here when there is no address
+    #: decode in CPU tasks apart from the replicas (None: when the replicas have GPUs)
+    decode_tasks: bool | None = None
+
+    @property
+    def separate_decode(self) -> bool:
+        return self.gpus_per_replica > 0 if self.decode_tasks is None else self.decode_tasks
 
     def replica_count(self, ray: Any) -> int:
         """``replicas``, or as many as the cluster's GPUs (or CPUs, without GPUs) hold."""
@@ -80,8 +89,8 @@ class RayRun:
 
 
 class SeriesScorer:
-    """A Ray Data actor: loads the model once, scores one decoded series per call and returns
-    its part (Parquet bytes)."""
+    """A Ray Data actor: loads the model once, scores one series per call (decoding it first
+    when no decode task did) and returns its part (Parquet bytes)."""
 
     def __init__(self, options: RayOptions):
         self.runner = options.load()
@@ -90,6 +99,9 @@ class SeriesScorer:
         from ichdet.inference.predict import score_decoded
 
         item = {k: v[0] for k, v in batch.items()}
+        if "volume" not in item:
+            spec = self.runner.spec
+            item = _decode_series(item, spec.settings, spec.context)
         chunks = json.loads(str(item["chunks"]))
         volume = np.array(item["volume"])  # a writable copy (torch reads it in place)
         decoded: list[tuple[list[str], np.ndarray | None, list]] = []
@@ -237,27 +249,17 @@ def _score_on_ray(
     progress: Callable[[int], None] | None,
     run: RayRun,
 ) -> None:
-    """Decode tasks -> scoring actors -> parts written here. With GPUs the decode runs as
-    CPU tasks feeding the GPU actors; on CPUs alone Ray fuses the two (each replica decodes
-    and scores its series, no image crosses the object store). Ray's own fault tolerance
-    applies: a task whose worker dies runs again (3 times), an actor that dies is restarted
-    and its series given again. A series that still fails is dropped from the stream (not
-    the run) and reported by :func:`_gather`."""
+    """Series -> (decode tasks ->) scoring actors -> parts written here (:func:`_pipeline`).
+    Ray's own fault tolerance
+    applies: a task whose worker dies runs again (``RETRIES`` times), an actor that dies is
+    restarted and its series given again. A series that still fails is dropped from the
+    stream (not the run) and reported by :func:`_gather`."""
     ray = connect(options.engine, options.workers)
     images = {item["name"]: item["images"] for item in todo}
     context = ray.data.DataContext.get_current()
     saved, context.max_errored_blocks = context.max_errored_blocks, -1
     try:
-        dataset = ray.data.from_items(todo, override_num_blocks=len(todo))
-        decode = dict(settings=runner.spec.settings, context=runner.spec.context)
-        dataset = dataset.map(_decode_series, fn_kwargs=decode, num_cpus=1).map_batches(
-            SeriesScorer,
-            fn_constructor_kwargs={"options": options},
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=options.replica_count(ray)),
-            num_cpus=options.cpus_per_replica,
-            num_gpus=options.gpus_per_replica,
-        )
+        dataset = _pipeline(ray, runner, options, todo)
         written: set[str] = set()
         for result in dataset.iter_rows():
             name = str(result["name"])
@@ -269,6 +271,30 @@ def _score_on_ray(
             progress and progress(images[name])
     finally:
         context.max_errored_blocks = saved
+
+
+def _pipeline(ray: Any, runner: Runner, options: RayOptions, todo: list[dict[str, Any]]) -> Any:
+    """The Ray Dataset. With GPUs: decode tasks (1 CPU each) feeding the GPU actors; on CPUs
+    alone each replica decodes its own series (no image crosses the object store, and no CPU
+    waits for another's model). Ray Data retries a failed task without limit by default, so a
+    series whose decode kills its worker would be retried forever: here ``RETRIES`` times,
+    then it is dropped and listed. (Ray 2.60 marks these per-operator remote arguments
+    deprecated, with no replacement yet.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+        dataset = ray.data.from_items(todo, override_num_blocks=len(todo))
+        if options.separate_decode:
+            decode = dict(settings=runner.spec.settings, context=runner.spec.context)
+            dataset = dataset.map(_decode_series, fn_kwargs=decode, num_cpus=1, max_retries=RETRIES)
+        return dataset.map_batches(
+            SeriesScorer,
+            fn_constructor_kwargs={"options": options},
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=options.replica_count(ray)),
+            num_cpus=options.cpus_per_replica,
+            num_gpus=options.gpus_per_replica,
+            max_task_retries=RETRIES,
+        )
 
 
 #: Why the images of a series that failed on the cluster have no prediction.
