@@ -68,17 +68,26 @@ def model_rate(ckpt: Path, size: int, threads: int, images: int = 96) -> float:
         torch.set_num_threads(before)
 
 
-def interleaved(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+def interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each run, the runs alternated, after one warm-up each (whose time
+    is kept as ``<name> cold``: Ray's first call starts its workers)."""
     times: dict[str, list[float]] = {name: [] for name in runs}
+    cold = {}
+    for name, fn in runs.items():
+        start = time.perf_counter()
+        fn()
+        cold[f"{name} cold"] = time.perf_counter() - start
     for _ in range(repeats):
         for name, fn in runs.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {**{name: statistics.median(t) for name, t in times.items()}, **cold}
 
 
 def engines(data: Path, index: Path, ckpt: Path, root: Path, cores: int, repeats: int) -> dict:
+    """Each stage on both engines, the two interleaved (stage by stage: Ray's workers stay
+    warm within a stage, as they do through a long run)."""
     ray_map = mapper(Engine("ray"))
     rows = read_rows(index)
     settings = CacheSettings(size=256)
@@ -89,36 +98,52 @@ def engines(data: Path, index: Path, ckpt: Path, root: Path, cores: int, repeats
         shutil.rmtree(root / name, ignore_errors=True)
         return root / name
 
-    runs = {
-        "index local": lambda: build_index(data, workers=cores),
-        "index ray": lambda: build_index(data, workers=cores, mapper=ray_map),
-        "prepare local": lambda: prepare_rows(rows, fresh("cl"), settings, workers=cores),
-        "prepare ray": lambda: prepare_rows(rows, fresh("cr"), settings, mapper=ray_map),
-        "predict local": lambda: predict(runner, index, fresh("pl"), workers=cores),
-        "predict ray": lambda: predict(runner, index, fresh("pr"), ray=options),
+    stages = {
+        "index": {
+            "local": lambda: build_index(data, workers=cores),
+            "ray": lambda: build_index(data, workers=cores, mapper=ray_map),
+        },
+        "prepare": {
+            "local": lambda: prepare_rows(rows, fresh("cl"), settings, workers=cores),
+            "ray": lambda: prepare_rows(rows, fresh("cr"), settings, mapper=ray_map),
+        },
+        "predict": {
+            "local": lambda: predict(runner, index, fresh("pl"), workers=cores),
+            "ray": lambda: predict(runner, index, fresh("pr"), ray=options),
+        },
     }
-    for fn in runs.values():  # warm-up: Ray's workers and actors, the page cache
-        fn()
-    return interleaved(runs, repeats)
+    found = {}
+    for stage, runs in stages.items():
+        found.update({f"{stage} {k}": v for k, v in interleaved(runs, repeats).items()})
+    return found
+
+
+#: Bytes of an RSNA slice (512 x 512 x 2 + header) and what a node is assumed to read per
+#: second from shared storage (10 GbE / one NVMe): an assumption, not a measurement.
+SLICE_MB = 0.53
+STORAGE_MB_S = 1000.0
 
 
 def projection(per_core: float, per_replica: float, ray_factor: float) -> list[str]:
-    """Hours for the RSNA set and 10M slices on N CPU nodes of 16 cores, from the measured
-    per-core rates (decode and the model sharing each core, as Ray's fused replicas do)."""
+    """Hours for the RSNA set and 10M slices on N nodes of 16 cores, from the measured
+    per-core rates: CPU nodes (decode and the model sharing each core, as the CPU replicas
+    do) and GPU nodes (15 cores decode for one GPU; the GPU's own rate was not measured)."""
     per_core_both = 1.0 / (1.0 / per_core + 1.0 / per_replica)
     node = 16 * per_core_both * ray_factor
-    gpu_feed = 15 * per_core * ray_factor  # a GPU node: 15 cores decode, one feeds the GPU
+    storage = STORAGE_MB_S / SLICE_MB
+    gpu_node = min(15 * per_core * ray_factor, storage)
     lines = [
         f"CPU node (16 cores, decode + model on each core): {node:.0f} images/s",
-        f"GPU node (15 cores decode for the GPU): at most {gpu_feed:.0f} images/s "
-        "(decode-bound when its GPU scores faster than that)",
+        f"GPU node: decode on 15 cores {15 * per_core * ray_factor:.0f} images/s, storage at "
+        f"{STORAGE_MB_S:.0f} MB/s {storage:.0f} images/s: {gpu_node:.0f} images/s if its GPU "
+        "scores at least that fast",
     ]
     for n in (1, 4, 16, 64):
         lines.append(
             f"N={n:>2}: RSNA {RSNA_SLICES / (n * node) / 3600:6.2f} h CPU / "
-            f"{RSNA_SLICES / (n * gpu_feed) / 3600:5.2f} h GPU; "
+            f"{RSNA_SLICES / (n * gpu_node) / 60:6.1f} min GPU; "
             f"10M {ARCHIVE_SLICES / (n * node) / 3600:7.1f} h CPU / "
-            f"{ARCHIVE_SLICES / (n * gpu_feed) / 3600:6.2f} h GPU"
+            f"{ARCHIVE_SLICES / (n * gpu_node) / 3600:6.2f} h GPU"
         )
     return lines
 
@@ -153,7 +178,9 @@ def main() -> None:
         local, there = seconds[f"{stage} local"], seconds[f"{stage} ray"]
         print(
             f"{stage:8s} local {images / local:7.1f} images/s  ray {images / there:7.1f} "
-            f"images/s  ratio ray/local {local / there:.2f} (overhead {there / local - 1:+.0%})"
+            f"images/s  ratio ray/local {local / there:.2f} (overhead {there / local - 1:+.0%});"
+            f" first call local {seconds[f'{stage} local cold']:.2f} s, "
+            f"ray {seconds[f'{stage} ray cold']:.2f} s"
         )
     factor = seconds["predict local"] / seconds["predict ray"]
     for line in projection(per_core, one, min(1.0, factor)):

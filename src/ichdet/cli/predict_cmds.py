@@ -23,6 +23,37 @@ SEGMENTER_HELP = (
 )
 
 
+Inputs = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="MODEL... INPUT",
+        help="run dirs / checkpoints / one .onnx, then the input: Kaggle folder or .zip, "
+        "index parquet, DICOM folder, or dicomweb+https://HOST/dicom-web",
+    ),
+]
+DicomOut = Annotated[
+    Path | None,
+    typer.Option(help="also write a DICOM SR and Secondary Capture key slices per study here"),
+]
+SeriesMode = Annotated[
+    str,
+    typer.Option(
+        help="best: one series per study, chosen (README: how a series is chosen) | "
+        "all: every series that may be read | off: every image series, unchosen"
+    ),
+]
+Slab = Annotated[
+    str,
+    typer.Option(help="thin series as slabs: off | auto (the model's training spacing) | MM"),
+]
+ImageCheck = Annotated[
+    bool,
+    typer.Option(help="look at 3 slices of a series before reading it (head? soft kernel?)"),
+]
+SegGate = Annotated[
+    float,
+    typer.Option(help="keep a slice's masks where the detector's p(any) reaches this (0: all)"),
+]
 Replicas = Annotated[
     int, typer.Option(help="with --engine ray: model replicas (0: as many as the cluster holds)")
 ]
@@ -42,37 +73,20 @@ TokenFile = Annotated[
 
 
 def predict(
-    inputs: list[str] = typer.Argument(
-        ...,
-        metavar="MODEL... INPUT",
-        help="run dirs / checkpoints / one .onnx, then the input: Kaggle folder or .zip, "
-        "index parquet, DICOM folder, or dicomweb+https://HOST/dicom-web",
-    ),
+    inputs: Inputs,
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     tta: bool = typer.Option(False, "--tta", help="average with horizontal flips"),
     report: bool = typer.Option(False, "--report", help="HTML report per study (heat maps)"),
-    dicom_out: Path | None = typer.Option(
-        None, help="also write a DICOM SR and Secondary Capture key slices per study here"
-    ),
+    dicom_out: DicomOut = None,
     batch_size: int = typer.Option(32),
     workers: int = typer.Option(1, help="decoding processes (overlap with the model)"),
     device: str = typer.Option("auto", help="auto | cuda | cpu (torch models)"),
-    series: str = typer.Option(
-        "best",
-        help="best: one series per study, chosen (README: how a series is chosen) | "
-        "all: every series that may be read | off: every image series, unchosen",
-    ),
-    slab: str = typer.Option(
-        "auto", help="thin series as slabs: off | auto (the model's training spacing) | MM"
-    ),
-    image_check: bool = typer.Option(
-        True, help="look at 3 slices of a series before reading it (head? soft kernel?)"
-    ),
+    series: SeriesMode = "best",
+    slab: Slab = "auto",
+    image_check: ImageCheck = True,
     site: Path | None = typer.Option(None, help="site thresholds (ichdet validate --fit-site)"),
     segmenter: list[Path] = typer.Option([], help=SEGMENTER_HELP),
-    seg_gate: float = typer.Option(
-        0.1, help="keep a slice's masks where the detector's p(any) reaches this (0: all)"
-    ),
+    seg_gate: SegGate = 0.1,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     replicas: Replicas = 0,

@@ -105,13 +105,10 @@ def serve(
     dicomweb_token_file: DicomwebToken = None,
 ) -> None:
     """Serve MODEL: upload, triage and review head CT studies (API under /api/v1, page at /)."""
-    from ichdet.serve.app import Settings, create_app
-    from ichdet.serve.http_server import run
-
     token = _start_process(token_file, host)
     access = _access(allow, allow_file, allow_any, (tls_cert, tls_key, tls_ca), dicom_limit)
-    _serve_door(access, token, host, dicom_port)
-    settings = Settings(
+    access = _serve_door(access, token, host, dicom_port)
+    settings = _settings(
         store=store,
         workers=workers,
         token=token,
@@ -130,20 +127,35 @@ def serve(
         allowed_hosts=tuple(allowed_host),
         http_host=host,
         http_port=port,
-        dicomweb=_dicomweb(dicomweb, dicomweb_token_file),
-        poll_seconds=poll,
+        **_dicomweb(dicomweb, dicomweb_token_file, poll),
     )
-    run(create_app(_runner(model, store, site, segmenter), settings), host, port, max_connections)
+    _run(_runner(model, store, site, segmenter), settings, max_connections)
 
 
-def _dicomweb(url: str | None, token_file: Path | None) -> Any:
-    """The DICOMweb server ``serve --dicomweb`` watches, or None."""
+def _settings(**values: Any) -> Any:
+    from ichdet.serve.app import Settings  # the service's modules load when it starts
+
+    return Settings(**values)
+
+
+def _run(runner: Any, settings: Any, max_connections: int) -> None:
+    from ichdet.serve.app import create_app
+    from ichdet.serve.http_server import run
+
+    app = create_app(runner, settings)
+    run(app, settings.http_host, settings.http_port, max_connections)
+
+
+def _dicomweb(url: str | None, token_file: Path | None, poll: float) -> dict[str, Any]:
+    """The Settings of ``serve --dicomweb URL --poll S`` (none without a URL)."""
     if url is None:
-        return None
+        return {}
     from ichdet.dicomweb.client import parse_server
 
+    if poll <= 0:
+        fail("--poll takes a number of seconds above 0")
     try:
-        return parse_server(url, token_file)
+        return {"dicomweb": parse_server(url, token_file), "poll_seconds": poll}
     except ValueError as exc:
         fail(str(exc))
 

@@ -184,11 +184,17 @@ def _series_scores(buffer: _SeriesBuffer, errors: list[tuple[str, str]]) -> Scor
 
 
 def _studies(
-    runner: Runner, studies: pd.DataFrame, inputs: pd.DataFrame, read: pd.DataFrame
+    runner: Runner, scores: Scores, slices: pd.DataFrame, plan: ReadPlan, inputs: pd.DataFrame
 ) -> pd.DataFrame:
-    """studies.csv: the study table with the site's calibration and thresholds (``ichdet
-    validate --fit-site``) when the runner has them, the provenance warning and the header
-    columns (before ``series_read`` and ``notes``)."""
+    """studies.csv: the study table (a study of several series read: its highest series)
+    with the site's calibration and thresholds (``ichdet validate --fit-site``) when the
+    runner has them, the provenance warning and the header columns (before ``series_read``
+    and ``notes``)."""
+    study_probs = None
+    if scores.series is not None:
+        study_probs = scores.series.groupby("study_id", sort=False)[list(LABELS)].max()
+    studies = with_status(study_table(slices, runner.study_thresholds, study_probs), plan)
+    read = plan.rows
     site = getattr(runner, "site", None)
     if site is not None:
         studies = apply_site(studies, site)
@@ -258,15 +264,7 @@ def predict(
         total(len(plan.rows))
     scores, ray_run = _scores(runner, plan, out, workers, progress, ray)
     slices = _slice_table(scores, plan.rows)
-    study_probs = None
-    if scores.series is not None:  # a study of several series read: its highest series
-        study_probs = scores.series.groupby("study_id", sort=False)[list(LABELS)].max()
-    studies = _studies(
-        runner,
-        with_status(study_table(slices, runner.study_thresholds, study_probs), plan),
-        given.index,
-        plan.rows,
-    )
+    studies = _studies(runner, scores, slices, plan, given.index)
     error_rows = [*given.errors.itertuples(index=False, name=None), *scores.errors]
     segmenter = segmenter if segmenter is not None else getattr(runner, "segmenter", None)
     studies, error_rows = _measured(segmenter, plan, out, workers, studies, error_rows, slices)
@@ -284,18 +282,9 @@ def predict(
     errors_df = pd.DataFrame(error_rows, columns=["source", "reason"])
     files = write_outputs(out, {**frames, "errors": errors_df}, runner, ray_run)
     series = frames["series"]
-    return PredictResult(
-        plan.rows,
-        slices,
-        studies,
-        errors_df,
-        submission,
-        files,
-        missing,
-        given.index,
-        series,
-        ray_run,
-    )
+    result = PredictResult(plan.rows, slices, studies, errors_df, submission, files, missing)
+    result.inputs, result.series, result.ray = given.index, series, ray_run
+    return result
 
 
 def _scores(
