@@ -13,6 +13,7 @@ from ichdet.dicom.write import ct_dataset, save_dataset
 # Ray instances started by tests (tests/test_ray.py) bind their servers to loopback only: Ray
 # takes the node's address from this setting when its module is first imported.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # tests reach no network
 
 SHARED_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "real-sample"
 

@@ -10,11 +10,12 @@ and never printed.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from ichdet.util.secrets import read_private
 
 PREFIX = "dicomweb+"
 TOKEN_ENV = "ICHDET_DICOMWEB_TOKEN"
@@ -92,13 +93,7 @@ def read_token(path: Path | None) -> str | None:
     ``$ICHDET_DICOMWEB_TOKEN``, or None."""
     if path is None:
         return os.environ.get(TOKEN_ENV) or None
-    try:
-        mode = path.stat().st_mode
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise ValueError(f"{path}: the token cannot be read ({exc.strerror})") from None
-    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ValueError(f"{path}: readable by others (mode {stat.S_IMODE(mode):o}); chmod 600")
+    token = read_private(path)
     if not token or any(c.isspace() for c in token):
         raise ValueError(f"{path}: not a token (empty, or holds spaces)")
     return token

@@ -10,11 +10,10 @@
 from __future__ import annotations
 
 import logging
-import os
-import stat
 from pathlib import Path
 
 from ichdet.util.atomic import use_private_files
+from ichdet.util.secrets import read_private
 
 MIN_TOKEN_LENGTH = 32
 WITHHELD = "a warning was withheld (it may quote DICOM header values)"
@@ -27,12 +26,9 @@ class TokenError(ValueError):
 def read_token(path: Path) -> str:
     """The bearer token in ``path``; refused when others may read it or it is too short."""
     try:
-        mode = path.stat().st_mode
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise TokenError(f"{path}: cannot be read ({exc.strerror})") from None
-    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise TokenError(f"{path}: readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it")
+        token = read_private(path)
+    except ValueError as exc:
+        raise TokenError(str(exc)) from None
     if len(token) < MIN_TOKEN_LENGTH:
         raise TokenError(
             f"{path}: a token of at least {MIN_TOKEN_LENGTH} characters is needed "
