@@ -92,6 +92,10 @@ def test_predict_finds_fetches_chosen_series_and_stores_results_back(model, tmp_
         again = cli.invoke(app, [*args])  # a rerun finds the series fetched before
         assert again.exit_code == 0, again.output
         assert sorted(p.parent.name for p in (out / "dicomweb").rglob("*.dcm")) == fetched
+        uid_b = str(pydicom.dcmread(b[0]).StudyInstanceUID)
+        only_b = cli.invoke(app, ["predict", str(model), url, "--study", uid_b, "--out", str(out)])
+        assert only_b.exit_code == 0, only_b.output  # earlier studies fetched here stay out
+        assert set(pd.read_csv(out / "slices.csv")["study_id"]) == {uid_b}
     finally:
         orthanc.stop()
 

@@ -194,6 +194,10 @@ def test_a_part_of_another_model_is_not_reused(cluster, run, tmp_path):
     tta = RayOptions(RAY, (str(run / "cnn"),), tta=True, replicas=1)
     result = predict(load_runner([run / "cnn"], tta=True), run / "index.parquet", tmp_path, ray=tta)
     assert result.ray.resumed == 0 and result.ray.scored == 24
+    retrained = load_runner([run / "cnn"], tta=True)
+    retrained.series.digest = "a retrained series stage"
+    result = predict(retrained, run / "index.parquet", tmp_path, ray=tta)
+    assert result.ray.resumed == 0 and result.ray.scored == 24
 
 
 def test_index_and_prepare_on_ray_equal_the_local_engine(cluster, run, tmp_path):

@@ -16,14 +16,17 @@ from typing import Any
 
 import pandas as pd
 
+from ichdet.data.index import build_index, write_index
 from ichdet.dicomweb.client import DicomwebServer
 from ichdet.dicomweb.fetch import StudyPlan, fetch_chunk, find_studies, parse_query, plan_study
 from ichdet.inference.predict import PredictResult, predict
 from ichdet.selection.choose import SelectionOptions
+from ichdet.util.names import path_component
 from ichdet.util.parallel import map_chunks
 from ichdet.util.tables import write_csv, write_frame
 
 FETCHED = "dicomweb"
+INDEX = "dicomweb_index.parquet"
 
 
 @dataclass
@@ -88,15 +91,33 @@ def predict_dicomweb(
         server, request, root, selection, runner.slice_spacing, workers, mapper
     )
     write_frame(out / "dicomweb_studies.csv", plans_summary(plans))
+    index = _index(root, plans, out, failed)
     write_csv(out / "dicomweb_errors.csv", ["what", "reason"], failed)
-    if not any(p.series for p in plans) or not root.is_dir():
+    if index is None:
         return DicomwebRun(None, plans, failed)
-    result = predict(runner, root, out, **predict_args)
+    result = predict(runner, index, out, **predict_args)
     run = DicomwebRun(result, plans, failed)
     if stow:
         run.stored = store_results(runner, server, result, out / "dicom", run.failed)
         write_csv(out / "dicomweb_errors.csv", ["what", "reason"], run.failed)
     return run
+
+
+def _index(root: Path, plans: list[StudyPlan], out: Path, failed: list) -> Path | None:
+    """The index of this request's studies among those fetched into ``root`` (a folder that
+    also keeps earlier requests' studies), or None when none was fetched; files that cannot
+    be indexed go to ``failed``."""
+    frames = []
+    for plan in plans:
+        folder = root / path_component(plan.study)
+        if plan.series and folder.is_dir():
+            frame, errors, _ = build_index(folder)
+            frames.append(frame)
+            failed += list(errors.itertuples(index=False, name=None))
+    if not frames or not sum(len(f) for f in frames):
+        return None
+    index = pd.concat(frames, ignore_index=True)
+    return write_index(index, pd.DataFrame(columns=["source", "reason"]), {}, out / INDEX)
 
 
 def store_results(

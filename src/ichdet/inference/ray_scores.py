@@ -1,16 +1,18 @@
 """``predict --engine ray``: the series of a read plan scored on a Ray cluster (Ray Data).
 
-Each series is one row of a Ray Dataset: a CPU task decodes it (HU, windows, the same chunks
-as the local engine), an actor pool that keeps the model loaded scores it (CNN, then the
-series stage; ``num_gpus`` per replica where the cluster has GPUs), and the driver writes what
-comes back as ``OUT/parts/<SeriesInstanceUID>.parquet``, atomically, once. The parts are then
-read back in the plan's order into the same :class:`~ichdet.inference.predict.Scores` the
-local engine gives, so every file predict writes after that is made by the same code.
+Each series is one row of a Ray Dataset: it is decoded (HU, windows, the same chunks as the
+local engine; by CPU tasks feeding GPU replicas, or by the CPU replica itself), an actor pool
+that keeps the model loaded scores it (CNN, then the series stage; ``num_gpus`` per replica
+where the cluster has GPUs), and the driver writes what comes back as
+``OUT/parts/<SeriesInstanceUID>.parquet``, atomically, once. The parts are then read back in
+the plan's order into the same :class:`~ichdet.inference.predict.Scores` the local engine
+gives, so every file predict writes after that is made by the same code.
 
 Resumable and idempotent: a part records the digest of its series' rows and the run key (the
-model and its settings); a rerun skips the series whose part matches, a part of another model
-or another version of the series is recomputed; a task whose worker dies is retried by Ray
-(decode tasks) or given to a restarted actor (scoring); a series is written only once per run.
+model, its series stage and its settings); a rerun skips the series whose part matches, a part
+of another model or another version of the series is recomputed; a task whose worker dies is
+retried by Ray (decode tasks) or given to a restarted actor (scoring); a series is written
+only once per run.
 """
 
 from __future__ import annotations
@@ -172,6 +174,7 @@ def _run_key(runner: Runner, options: RayOptions) -> dict:
     settings = asdict(runner.spec.settings) if hasattr(runner.spec, "settings") else {}
     return {
         "model_digest": getattr(runner, "digest", ""),
+        "series_stage_digest": getattr(runner.series, "digest", ""),
         "tta": options.tta,
         "settings": json.loads(json.dumps(settings, default=str)),
         "context": runner.spec.context,

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ichdet.labels import LABELS
-from ichdet.util.digest import file_digest
+from ichdet.util.digest import file_digest, files_digest
 
 
 @dataclass
@@ -122,6 +122,7 @@ class TorchSeries:
         self.slice_thresholds = stage_thresholds(checkpoints, "labels")
         self.study_thresholds = stage_thresholds(checkpoints, "study_labels")
         self.names = [f"sequence/{p.parent.name}/{p.name}" for p in checkpoints]
+        self.digest = files_digest(checkpoints)  #: the stage's identity (Ray parts record it)
 
     def __call__(
         self, features: np.ndarray, logits: np.ndarray, z: np.ndarray
@@ -156,6 +157,7 @@ class OnnxSeries:
         self.slice_thresholds = meta["slice_thresholds"]
         self.study_thresholds = meta["study_thresholds"]
         self.names = [name]
+        self.digest = str(meta.get("digest", ""))  #: the exported stage file's digest
 
     def __call__(
         self, features: np.ndarray, logits: np.ndarray, z: np.ndarray
