@@ -138,3 +138,14 @@ def test_uids_from_the_server_never_become_paths_as_they_are(tmp_path):
         assert folder.resolve().is_relative_to(root.resolve())
         assert len(folder.relative_to(root).parts) == 2
     assert series_folder(root, "1.2.3", "1.2.3.4") == root / "1.2.3" / "1.2.3.4"
+
+
+def test_dicomweb_options_with_a_folder_are_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from ichdet.cli import app
+
+    (tmp_path / "model.onnx").write_bytes(b"not read")
+    args = ["predict", str(tmp_path / "model.onnx"), str(tmp_path), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(app, [*args, "--stow"])
+    assert result.exit_code == 1 and "need a dicomweb+ input" in result.output

@@ -108,6 +108,7 @@ def predict(
     from ichdet.util.progress import progress_bar
 
     try:
+        remote = Remote(data, token_file, study, query, stow).checked(is_dicomweb(data))
         selection = SelectionOptions(series=series, slab=parse_slab(slab), image_check=image_check)
         runner = with_site(load_runner(models, device=device, tta=tta, batch_size=batch_size), site)
         ray = _ray(engine, address, models, (device, tta, batch_size, workers), replicas, gpus)
@@ -115,8 +116,7 @@ def predict(
             args: dict[str, Any] = dict(workers=workers, progress=advance)
             args["total"] = advance.set_total
             args |= dict(selection=selection, segmenter=_segmenter(segmenter, device, seg_gate))
-            if is_dicomweb(data):
-                remote = Remote(data, token_file, study, query, stow)
+            if remote is not None:
                 result = _predict_dicomweb(runner, remote, out, ray, args)
             else:
                 result = run_predict(runner, data, out, ray=ray, **args)
@@ -136,6 +136,15 @@ class Remote:
     studies: list[str]
     query: str | None
     stow: bool
+
+    def checked(self, dicomweb: bool) -> Remote | None:
+        """Itself for a DICOMweb input; None for another input, which takes none of the
+        DICOMweb options (ValueError)."""
+        if dicomweb:
+            return self
+        if self.studies or self.query or self.stow or self.token_file:
+            raise ValueError("--study, --query, --stow and --token-file need a dicomweb+ input")
+        return None
 
 
 def _predict_dicomweb(

@@ -73,14 +73,21 @@ class DicomwebPoller:
         started = dt.date.today()
         client = self.server.client()
         query = {**self.query, "StudyDate": f"{self.since:%Y%m%d}-"}
-        queued = 0
+        queued, failed = 0, False
         for uid in find_studies(client, query):
             if self.stopping.is_set() or self.room() <= 0:
                 return queued  # the rest wait for the next poll (since is kept)
             if uid in self.unreadable or self.store.by_key(poll_key(uid)) is not None:
                 continue
-            queued += self._queue(client, uid)
-        self.since = started - LOOKBACK
+            try:
+                queued += self._queue(client, uid)
+            except Exception as exc:  # noqa: BLE001 - one study must not hold up the others
+                failed = True  # tried again next poll: the window does not move past it
+                log.warning(
+                    "a DICOMweb study could not be fetched (%s); next poll", type(exc).__name__
+                )
+        if not failed:
+            self.since = started - LOOKBACK
         return queued
 
     def _queue(self, client: object, uid: str) -> int:
