@@ -171,7 +171,7 @@ def _part_meta(path: Path) -> dict | None:
 
 
 def _run_key(runner: Runner, options: RayOptions) -> dict:
-    settings = asdict(runner.spec.settings) if hasattr(runner.spec, "settings") else {}
+    settings = asdict(runner.spec.settings)
     return {
         "model_digest": getattr(runner, "digest", ""),
         "series_stage_digest": getattr(runner.series, "digest", ""),
