@@ -31,6 +31,8 @@ class ModelConfig:
     in_chans: int = 3
     drop_path_rate: float = 0.0
     drop_rate: float = 0.0
+    #: Outputs of the mask head (0: none): where each subtype lies, from the last feature map.
+    mask_outputs: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,11 +55,22 @@ def tiled_stats(
 
 
 class ICHNet(nn.Module):
-    """Backbone + head over normalised window stacks; ``forward`` returns (N, 6) logits."""
+    """Backbone + head over normalised window stacks; ``forward`` returns (N, 6) logits.
 
-    def __init__(self, backbone: nn.Module, in_chans: int):
+    With ``mask_outputs`` > 0 the model also has a mask head: a 1x1 convolution over the last
+    feature map (stride 32) giving one logit per subtype and cell, trained against the coarse
+    masks of the blood (``forward(x, masks=True)``). Only training reads it; inference and export
+    call ``forward(x)``, which never touches it.
+    """
+
+    def __init__(self, backbone: nn.Module, in_chans: int, mask_outputs: int = 0):
         super().__init__()
         self.backbone = backbone
+        self.mask_head = (
+            nn.Conv2d(int(getattr(backbone, "num_features")), mask_outputs, 1)  # noqa: B009
+            if mask_outputs
+            else None
+        )
         cfg = getattr(backbone, "pretrained_cfg", {}) or {}
         mean, std = tiled_stats(
             in_chans, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
@@ -68,8 +81,17 @@ class ICHNet(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone((x - self.mean) / self.std)
+    def forward(self, x: torch.Tensor, masks: bool = False) -> Any:
+        """(N, 6) logits; with ``masks`` (a model with a mask head), (logits, mask logits
+        N x mask_outputs x H/32 x W/32) from one pass."""
+        x = (x - self.mean) / self.std
+        if not masks:
+            return self.backbone(x)
+        if self.mask_head is None:
+            raise ValueError("this model has no mask head (mask_outputs = 0)")
+        b: Any = self.backbone
+        features = b.forward_features(x)
+        return b.forward_head(features), self.mask_head(features)
 
     @property
     def num_features(self) -> int:
@@ -113,7 +135,7 @@ def build_model(
             kwargs["pretrained_cfg_overlay"] = {"state_dict": state, "num_classes": 1000}
             pretrained = True
     backbone = timm.create_model(config.name, pretrained=pretrained, **kwargs)
-    model = ICHNet(backbone, config.in_chans)
+    model = ICHNet(backbone, config.in_chans, config.mask_outputs)
     if ichdet_state is not None:
         load_matching(model, ichdet_state)
     return model

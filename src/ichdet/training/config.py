@@ -126,6 +126,11 @@ class TrainConfig(FoldConfig):
         None, "local weights: timm state dict/checkpoint or ichdet checkpoint"
     )
     drop_path: float = _opt(0.0, "stochastic depth rate")
+    mask_loss: float = _opt(
+        0.0,
+        "weight of a loss on where each subtype lies (a mask head over the last feature map; "
+        "needs the index's masks, `ichdet index --masks`; 0: off)",
+    )
 
 
 @dataclass

@@ -21,6 +21,7 @@ from torch import nn
 from ichdet.data.augment import RandomTrainAugment
 from ichdet.data.cache import CacheSettings, read_settings
 from ichdet.data.dataset import SliceDataset
+from ichdet.data.seg_dataset import LabelledMaskDataset
 from ichdet.data.windows import parse_windows
 from ichdet.evaluation.metrics import (
     evaluate_arrays,
@@ -29,7 +30,7 @@ from ichdet.evaluation.metrics import (
     to_long,
     weighted_log_loss,
 )
-from ichdet.labels import LABELS, WEIGHT_VECTOR
+from ichdet.labels import LABELS, SUBTYPES, WEIGHT_VECTOR
 from ichdet.models.slice_cnn import KIND, ModelConfig, build_model
 from ichdet.training.config import TrainConfig
 from ichdet.training.distributed import Runtime
@@ -50,6 +51,15 @@ def weighted_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits.float(), torch.where(known, target, 0.0), reduction="none"
     )
     return (per * w).sum() / w.sum().clamp_min(1e-6)
+
+
+def mask_bce(logits: torch.Tensor, masks: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """The mask head's loss: BCE of each cell's logit against the largest share of blood in
+    that cell of the (N x 5 x H x W, 0..1) masks, averaged over the slices whose mask is known."""
+    target = F.adaptive_max_pool2d(masks.float(), logits.shape[-2:])
+    per = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    per_slice = per.flatten(1).mean(1)
+    return (per_slice * known).sum() / known.sum().clamp_min(1.0)
 
 
 def split_fold(index: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -133,6 +143,7 @@ class SliceTask:
         "batch_size",
         "accumulate",
         "windows",
+        "mask_loss",
     )
     collate: Callable[[list], Any] | None = None
 
@@ -146,7 +157,11 @@ class SliceTask:
         directory = resolve_cache(str(cfg.cache), cfg.size, cfg.windows)
         self.settings = read_settings(directory)
         train_df, valid_df = split_fold(pd.read_parquet(str(cfg.index)), self.fold)
-        self.train_set = SliceDataset(train_df, directory, context=cfg.context)
+        self.train_set = (
+            LabelledMaskDataset(train_df, directory, context=cfg.context)
+            if cfg.mask_loss > 0
+            else SliceDataset(train_df, directory, context=cfg.context)
+        )
         self.valid_set = SliceDataset(valid_df, directory, context=cfg.context)
         if len(self.train_set) == 0 or len(self.valid_set) == 0:
             raise ValueError(f"fold {self.fold}: no cached training or validation images")
@@ -160,7 +175,10 @@ class SliceTask:
             )
         self.y_valid = self.valid_set.labels.numpy()
         self.model_config = ModelConfig(
-            name=cfg.model, in_chans=self.train_set.channels, drop_path_rate=cfg.drop_path
+            name=cfg.model,
+            in_chans=self.train_set.channels,
+            drop_path_rate=cfg.drop_path,
+            mask_outputs=len(SUBTYPES) if cfg.mask_loss > 0 else 0,
         )
         self._augment: RandomTrainAugment | None = None
 
@@ -168,21 +186,40 @@ class SliceTask:
         cfg = self.cfg
         return build_model(self.model_config, pretrained=cfg.pretrained, weights=cfg.weights)
 
+    def _augmenter(self, rt: Runtime) -> RandomTrainAugment:
+        if self._augment is None:
+            self._augment = RandomTrainAugment(self.settings.channels).to(rt.device)
+        return self._augment
+
     def _inputs(self, x: torch.Tensor, rt: Runtime, augment: bool) -> torch.Tensor:
         """uint8 batch -> float in [0, 1] on the device (augmented when training)."""
         x = x.to(rt.device, non_blocking=True).float().div_(255)
         if augment and self.cfg.augment:
-            if self._augment is None:
-                self._augment = RandomTrainAugment(self.settings.channels).to(rt.device)
-            x = self._augment(x)
+            x = self._augmenter(rt)(x)
         return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
 
     def loss(self, model: nn.Module, batch: Any, rt: Runtime) -> tuple[torch.Tensor, int]:
         x, y = batch
+        if self.cfg.mask_loss > 0:
+            return self._loss_with_masks(model, x, y, rt), len(x)
         x = self._inputs(x, rt, augment=True)
         with rt.autocast():
             logits = model(x)
         return weighted_bce(logits, y.to(rt.device, non_blocking=True)), len(x)
+
+    def _loss_with_masks(self, model: nn.Module, x: torch.Tensor, targets: Any, rt: Runtime):
+        """The labels' loss plus ``mask_loss`` x the mask head's, images and masks moved by
+        the same flip and affine."""
+        y, masks, known = (t.to(rt.device, non_blocking=True) for t in targets)
+        x = x.to(rt.device, non_blocking=True).float().div_(255)
+        masks = masks.float().div_(255)
+        if self.cfg.augment:
+            x, masks = self._augmenter(rt).pair(x, masks)
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with rt.autocast():
+            logits, mask_logits = model(x, masks=True)
+        return weighted_bce(logits, y) + self.cfg.mask_loss * mask_bce(mask_logits, masks, known)
 
     def predict(self, model: nn.Module, batch: Any, rt: Runtime) -> torch.Tensor:
         x = self._inputs(batch[0], rt, augment=False)
