@@ -56,6 +56,19 @@ def test_mask_head_shares_one_pass_and_leaves_forward_alone():
         plain(x, masks=True)
 
 
+@pytest.mark.parametrize("stride", [16, 8])
+def test_a_finer_mask_head_reads_an_earlier_stage(stride):
+    torch.manual_seed(0)
+    config = ModelConfig(name="test_efficientnet", mask_outputs=5, mask_stride=stride)
+    model = build_model(config).eval()
+    x = torch.rand(2, 3, 64, 64)
+    logits, masks = model(x, masks=True)
+    assert masks.shape == (2, 5, 64 // stride, 64 // stride)
+    assert torch.allclose(model(x), logits, atol=1e-6)
+    with pytest.raises(ValueError, match="no stage at stride 64"):
+        build_model(ModelConfig(name="test_efficientnet", mask_outputs=5, mask_stride=64))
+
+
 def test_mask_bce_follows_the_coarse_masks_of_known_slices():
     masks = torch.zeros(2, 5, 64, 64)
     masks[0, 4, 5:9, 40:50] = 1.0  # a subdural in the top-right cell of slice 0

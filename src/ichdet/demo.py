@@ -46,10 +46,13 @@ class DemoConfig:
     synth_size: int = 160
     size: int = 128
     model: str = "tinynet_e"
-    epochs: int = 5
+    epochs: int = 7
     batch_size: int = 16
     lr: float = 3e-3
     context: int = 0
+    drop_path: float = 0.1
+    mask_loss: float = 1.0  # the mask head: where the blood lies, from the phantoms' masks
+    channels_last: bool = True  # ~1.35x faster training on the CPU (oneDNN's NHWC kernels)
     seed: int = 0
     workers: int = 2
     sequence_epochs: int = 30
@@ -75,6 +78,9 @@ def train_config(cfg: DemoConfig, out: str | os.PathLike) -> TrainConfig:
         context=cfg.context,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
+        drop_path=cfg.drop_path,
+        mask_loss=cfg.mask_loss,
+        channels_last=cfg.channels_last,
         seed=cfg.seed,
         workers=min(cfg.workers, 1),
         device="cpu",
@@ -166,7 +172,8 @@ def run_demo(
 def make_data(
     out: Path, cfg: DemoConfig, stage: Callable[[str, float], None], log: Callable[[str], None]
 ) -> None:
-    """synth (with masks) -> index (5 folds; the masks joined with ``segment``) -> prepare."""
+    """synth (with masks) -> index (5 folds, the masks joined for the mask head and the
+    segmenter) -> prepare."""
     t = time.perf_counter()
     summary = synthesize(
         out / "data",
@@ -183,7 +190,7 @@ def make_data(
     )
     t = time.perf_counter()
     df, errors, report = build_index(out / "data", folds=5, workers=cfg.workers, seed=cfg.seed)
-    if cfg.segment:  # the phantoms' exact masks, one file per slice with blood
+    if cfg.segment or cfg.mask_loss > 0:  # the phantoms' exact masks, a file per bloody slice
         df, _, report["masks"] = attach_masks(df, out / "data" / "masks", out, DEFAULT_LABELS)
     write_index(df, errors, report, out / "index.parquet")
     stage("index", t)

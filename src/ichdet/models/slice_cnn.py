@@ -33,6 +33,7 @@ class ModelConfig:
     drop_rate: float = 0.0
     #: Outputs of the mask head (0: none): where each subtype lies, from the last feature map.
     mask_outputs: int = 0
+    mask_stride: int = 32  # 32: the last feature map; 16 (or 8): an earlier stage's, finer
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,20 +58,23 @@ def tiled_stats(
 class ICHNet(nn.Module):
     """Backbone + head over normalised window stacks; ``forward`` returns (N, 6) logits.
 
-    With ``mask_outputs`` > 0 the model also has a mask head: a 1x1 convolution over the last
-    feature map (stride 32) giving one logit per subtype and cell, trained against the coarse
-    masks of the blood (``forward(x, masks=True)``). Only training reads it; inference and export
-    call ``forward(x)``, which never touches it.
+    With ``mask_outputs`` > 0 the model also has a mask head: a 1x1 convolution over the
+    feature map of ``mask_stride`` (the last one at 32, or the last stage of that stride, from
+    timm's ``forward_intermediates``) giving one logit per subtype and cell, trained against the
+    coarse masks of the blood (``forward(x, masks=True)``). Only training reads it; inference
+    and export call ``forward(x)``, which never touches it.
     """
 
-    def __init__(self, backbone: nn.Module, in_chans: int, mask_outputs: int = 0):
+    def __init__(
+        self, backbone: nn.Module, in_chans: int, mask_outputs: int = 0, mask_stride: int = 32
+    ):
         super().__init__()
         self.backbone = backbone
-        self.mask_head = (
-            nn.Conv2d(int(getattr(backbone, "num_features")), mask_outputs, 1)  # noqa: B009
-            if mask_outputs
-            else None
-        )
+        self.mask_stage: int | None = None  # feature_info index; None: the last feature map
+        channels = int(getattr(backbone, "num_features"))  # noqa: B009 - timm's attribute
+        if mask_outputs and mask_stride != 32:
+            self.mask_stage, channels = _stage_of_stride(backbone, mask_stride)
+        self.mask_head = nn.Conv2d(channels, mask_outputs, 1) if mask_outputs else None
         cfg = getattr(backbone, "pretrained_cfg", {}) or {}
         mean, std = tiled_stats(
             in_chans, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
@@ -90,8 +94,11 @@ class ICHNet(nn.Module):
         if self.mask_head is None:
             raise ValueError("this model has no mask head (mask_outputs = 0)")
         b: Any = self.backbone
-        features = b.forward_features(x)
-        return b.forward_head(features), self.mask_head(features)
+        if self.mask_stage is None:
+            features = b.forward_features(x)
+            return b.forward_head(features), self.mask_head(features)
+        features, stages = b.forward_intermediates(x, indices=[self.mask_stage])
+        return b.forward_head(features), self.mask_head(stages[0])
 
     @property
     def num_features(self) -> int:
@@ -104,6 +111,16 @@ class ICHNet(nn.Module):
         b: Any = self.backbone
         pooled = b.forward_head(b.forward_features((x - self.mean) / self.std), pre_logits=True)
         return pooled, b.get_classifier()(pooled)
+
+
+def _stage_of_stride(backbone: nn.Module, stride: int) -> tuple[int, int]:
+    """(feature_info index, channels) of the backbone's last stage at ``stride``."""
+    info = list(getattr(backbone, "feature_info", []) or [])
+    found = [(i, int(f["num_chs"])) for i, f in enumerate(info) if f.get("reduction") == stride]
+    if not found or not hasattr(backbone, "forward_intermediates"):
+        have = sorted({int(f.get("reduction", 0)) for f in info})
+        raise ValueError(f"the backbone has no stage at stride {stride} (strides: {have})")
+    return found[-1]
 
 
 def build_model(
@@ -135,7 +152,7 @@ def build_model(
             kwargs["pretrained_cfg_overlay"] = {"state_dict": state, "num_classes": 1000}
             pretrained = True
     backbone = timm.create_model(config.name, pretrained=pretrained, **kwargs)
-    model = ICHNet(backbone, config.in_chans, config.mask_outputs)
+    model = ICHNet(backbone, config.in_chans, config.mask_outputs, config.mask_stride)
     if ichdet_state is not None:
         load_matching(model, ichdet_state)
     return model

@@ -131,6 +131,7 @@ class TrainConfig(FoldConfig):
         "weight of a loss on where each subtype lies (a mask head over the last feature map; "
         "needs the index's masks, `ichdet index --masks`; 0: off)",
     )
+    mask_stride: int = _opt(32, "the mask head's feature map: 32 (the last), 16 or 8 (finer)")
 
 
 @dataclass

@@ -144,6 +144,7 @@ class SliceTask:
         "accumulate",
         "windows",
         "mask_loss",
+        "mask_stride",
     )
     collate: Callable[[list], Any] | None = None
 
@@ -179,6 +180,7 @@ class SliceTask:
             in_chans=self.train_set.channels,
             drop_path_rate=cfg.drop_path,
             mask_outputs=len(SUBTYPES) if cfg.mask_loss > 0 else 0,
+            mask_stride=cfg.mask_stride,
         )
         self._augment: RandomTrainAugment | None = None
 
