@@ -78,13 +78,13 @@ def embed_frame(
         ckpt["model_config"]["in_chans"]
     ):
         raise ValueError(f"{cache_dir}: not the cache this CNN was trained on ({checkpoint})")
-    model: Any = model_from_checkpoint(ckpt).to(device)
+    model: Any = model_from_checkpoint(ckpt).to(device).to(memory_format=torch.channels_last)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     features, logits = [], []
     started = time.perf_counter()
     with torch.inference_mode(), progress_bar(len(loader), "embed") as advance:
         for x, _ in loader:
-            x = x.to(device).float().div_(255)
+            x = x.to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
             f, lg = model.embed(x)
             if tta:
                 f2, lg2 = model.embed(torch.flip(x, dims=[3]))
