@@ -51,7 +51,7 @@ class DemoConfig:
     lr: float = 3e-3
     context: int = 0
     mask_loss: float = 1.0  # the mask head: where the blood lies, from the phantoms' masks
-    channels_last: bool = True  # ~1.35x faster training on the CPU (oneDNN's NHWC kernels)
+    channels_last: bool = True  # ~1.3x faster training on the CPU (oneDNN NHWC kernels)
     seed: int = 0
     workers: int = 2
     sequence_epochs: int = 30
