@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -11,8 +12,10 @@ from ichdet.data.cache import CacheSettings
 from ichdet.data.index import build_index, write_index
 from ichdet.data.mask_join import attach_masks, parse_label_map
 from ichdet.data.prepare import prepare
+from ichdet.inference.export import export_onnx
 from ichdet.inference.predict import predict
 from ichdet.inference.runners import load_runner
+from ichdet.labels import LABELS
 from ichdet.models.checkpoint import load_checkpoint
 from ichdet.models.slice_cnn import ModelConfig, build_model
 from ichdet.synth.studies import synthesize
@@ -113,8 +116,17 @@ def test_training_with_masks_trains_the_head_and_predicts_as_usual(prepared, tmp
     trained = ckpt["model"]["mask_head.weight"]
     assert trained.shape == initial.shape and not torch.allclose(trained, initial)
     # the checkpoint predicts through the usual runner (the head is loaded, never used)
-    result = predict(load_runner([tmp_path / "run"]), prepared / "data" / "stage_2_test", tmp_path)
-    assert len(result.slices) > 0 and result.slices["any"].between(0, 1).all()
+    test = prepared / "data" / "stage_2_test"
+    torch_result = predict(load_runner([tmp_path / "run"]), test, tmp_path / "torch")
+    assert len(torch_result.slices) > 0
+    # ... and exports to ONNX without it, giving the same probabilities
+    onnx = export_onnx([tmp_path / "run"], tmp_path / "model.onnx")
+    onnx_result = predict(load_runner([onnx]), test, tmp_path / "onnx")
+    columns = ["image_id", *LABELS]
+    a = torch_result.slices[columns].sort_values("image_id").reset_index(drop=True)
+    b = onnx_result.slices[columns].sort_values("image_id").reset_index(drop=True)
+    assert a["image_id"].tolist() == b["image_id"].tolist()
+    assert np.allclose(a[list(LABELS)], b[list(LABELS)], atol=1e-4)
 
 
 def test_a_mask_loss_without_masks_is_refused(prepared):
