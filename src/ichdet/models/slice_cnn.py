@@ -31,7 +31,7 @@ class ModelConfig:
     in_chans: int = 3
     drop_path_rate: float = 0.0
     drop_rate: float = 0.0
-    #: Outputs of the mask head (0: none): where each subtype lies, from the last feature map.
+    #: Outputs of the mask head (0: none): where each subtype lies, from a feature map.
     mask_outputs: int = 0
     mask_stride: int = 32  # 32: the last feature map; 16 (or 8): an earlier stage's, finer
 

@@ -128,7 +128,8 @@ class TrainConfig(FoldConfig):
     drop_path: float = _opt(0.0, "stochastic depth rate")
     mask_loss: float = _opt(
         0.0,
-        "weight of a loss on where each subtype lies (a mask head over the last feature map; "
+        "weight of a loss on where each subtype lies (a mask head over a feature map, see "
+        "--mask-stride; "
         "needs the index's masks, `ichdet index --masks`; 0: off)",
     )
     mask_stride: int = _opt(32, "the mask head's feature map: 32 (the last), 16 or 8 (finer)")
