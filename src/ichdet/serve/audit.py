@@ -53,7 +53,13 @@ class Audit:
                 self.last.clear()
             self.last[key] = now
         with Session(self.engine) as s, s.begin():
-            s.add(AuditEvent(time=time.time(), actor=actor[:100], action=action, study_id=study_id))
+            self.add(s, actor, action, study_id)
+
+    @staticmethod
+    def add(session: Session, actor: str, action: str, study_id: str | None = None) -> None:
+        """The event, in a transaction the caller commits (with the change it records)."""
+        event = AuditEvent(time=time.time(), actor=actor[:100], action=action, study_id=study_id)
+        session.add(event)
 
     def events(
         self, study_id: str | None = None, action: str | None = None, limit: int = 1000

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy.orm import Session
+
 from ichdet.dicomweb.client import DicomwebServer
 from ichdet.inference.runners import Runner
 from ichdet.selection.choose import SelectionOptions
@@ -83,7 +85,7 @@ class Context:
             settings.retention_days,
             settings.selection,
         )
-        self.processor.after_done.append(self._audit_done)
+        self.processor.in_done.append(self._audit_done)
         self.outbox = None
         if settings.send_to:
             destination = Destination.parse(settings.send_to)
@@ -147,8 +149,8 @@ class Context:
         parts += [self.outbox.supervisor] if self.outbox else []
         return {k: v for p in parts for k, v in p.down().items()}
 
-    def _audit_done(self, study_id: str) -> None:
-        self.audit.record(f"server:{self.settings.owner}", "done", study_id)
+    def _audit_done(self, session: Session, study_id: str) -> None:
+        self.audit.add(session, f"server:{self.settings.owner}", "done", study_id)
 
     def start(self) -> None:
         self.sweep()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,11 +189,14 @@ class Store:
         flagged: bool,
         p_any: float | None,
         patient: dict[str, str] | None = None,
+        also: Callable[[Session], None] | None = None,
     ) -> bool:
-        """Done, if this server still holds the job (False: its lease went to another)."""
+        """Done, if this server still holds the job (False: its lease went to another).
+        ``also`` writes in the same transaction (the audit event): both commit or neither."""
         columns = {k: (patient or {}).get(k, "")[:100] or None for k in PATIENT_COLUMNS}
         return self._set(
             study_id,
+            also,
             status="done",
             finished=time.time(),
             result=json.dumps(result),
@@ -203,16 +207,19 @@ class Store:
         )
 
     def fail(self, study_id: str, reason: str) -> bool:
-        return self._set(study_id, status="failed", finished=time.time(), reason=reason[:500])
+        return self._set(study_id, None, status="failed", finished=time.time(), reason=reason[:500])
 
-    def _set(self, study_id: str, **values: Any) -> bool:
+    def _set(self, study_id: str, also: Callable[[Session], None] | None, **values: Any) -> bool:
         with Session(self.engine) as s, s.begin():
             done = s.execute(
                 update(Study)
                 .where(Study.id == study_id, Study.status == "running", Study.owner == self.owner)
                 .values(**values)
             )
-            return bool(done.rowcount == 1)  # type: ignore[attr-defined]
+            won = bool(done.rowcount == 1)  # type: ignore[attr-defined]
+            if won and also is not None:
+                also(s)
+            return won
 
     def beat(self, study_ids: list[str]) -> None:
         """The heartbeat of the jobs this server is running now (their lease is renewed)."""

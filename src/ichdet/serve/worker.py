@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from sqlalchemy.orm import Session
 
 from ichdet.inference.predict import PredictResult, predict
 from ichdet.inference.runners import Runner
@@ -138,8 +139,9 @@ class Processor:
         self.before_done: list[Callable[[str, PredictResult], None]] = []
         #: called with (study id) when a study's files are deleted (its outbox entry)
         self.on_delete: list[Callable[[str], None]] = []
-        #: called with (study id) once a study is marked done (the audit log)
-        self.after_done: list[Callable[[str], None]] = []
+        #: called with (database session, study id) inside the transaction that marks a study
+        #: done (the audit log): what they write commits with the status or not at all
+        self.in_done: list[Callable[[Session, str], None]] = []
         self.active: set[str] = set()  # the studies this server is predicting now
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -230,14 +232,14 @@ class Processor:
             flagged, p_any = any(summary["flags"].values()), summary["probabilities"]["any"]
         else:  # "not assessable" is a result, never a probability
             flagged, p_any = False, None
-        if not self.store.finish(study_id, summary, flagged, p_any, patient):
+
+        def also(session: Session) -> None:
+            for hook in self.in_done:
+                hook(session, study_id)
+
+        if not self.store.finish(study_id, summary, flagged, p_any, patient, also):
             log.warning("study %s: its lease went to another server; result dropped", study_id)
             return
-        for hook in self.after_done:
-            try:
-                hook(study_id)
-            except Exception as exc:  # noqa: BLE001 - the study is done; its record is not
-                log.warning("study %s: %s after done (%s)", study_id, type(exc).__name__, hook)
         log.info(
             "study %s done (%d slices%s)",
             study_id,
