@@ -158,7 +158,8 @@ def _wait(predicate, seconds=90):
 
 def test_serve_watches_a_dicomweb_server_and_queues_each_new_study_once(model, tmp_path):
     """``serve --dicomweb URL --poll S``: a study of today becomes a job, one stored later
-    becomes another at a later poll, an old study is not asked for, none is queued twice."""
+    becomes another at a later poll once all of it has arrived, an old study is not asked
+    for, none is queued twice."""
     from ichdet.dicomweb.client import DicomwebServer
     from ichdet.inference.runners import load_runner
     from ichdet.serve.context import Context, Settings
@@ -171,12 +172,17 @@ def test_serve_watches_a_dicomweb_server_and_queues_each_new_study_once(model, t
     try:
         _upload(orthanc, [*first, *old])
         server = DicomwebServer(f"{orthanc.url}/dicom-web")
-        settings = Settings(store=tmp_path / "store", dicomweb=server, poll_seconds=0.3)
+        settings = Settings(
+            store=tmp_path / "store", dicomweb=server, poll_seconds=0.3, settle_seconds=2.0
+        )
         ctx = Context(load_runner([model]), settings)
         ctx.start()
         try:
             assert _wait(lambda: ctx.store.count("done") == 1)
-            _upload(orthanc, later)
+            _upload(orthanc, later[:6])  # the scanner sends half, pauses (polls see it) ...
+            time.sleep(0.8)
+            assert ctx.store.worklist(0, 10)[1] == 1  # ... and half a study is not taken
+            _upload(orthanc, later[6:])
             assert _wait(lambda: ctx.store.count("done") == 2)
             time.sleep(1.5)  # several more polls: nothing new
             jobs, total = ctx.store.worklist(0, 10)

@@ -149,3 +149,47 @@ def test_dicomweb_options_with_a_folder_are_refused(tmp_path):
     args = ["predict", str(tmp_path / "model.onnx"), str(tmp_path), "--out", str(tmp_path / "o")]
     result = CliRunner().invoke(app, [*args, "--stow"])
     assert result.exit_code == 1 and "need a dicomweb+ input" in result.output
+
+
+def test_the_poller_takes_a_study_only_once_its_size_has_settled(tmp_path):
+    """A study the scanner is still sending (its instance count growing between polls) is not
+    fetched half; a server that gives no count still gets a poll's wait."""
+    import datetime as dt
+    import threading as th
+
+    from ichdet.serve.dicomweb_poll import DicomwebPoller, poll_key
+    from ichdet.serve.store import Store, new_id
+
+    counts = iter(["6", "12", "12", "12"])
+
+    def script(path, n):
+        item = study("1.2.3")
+        item["00201208"] = {"vr": "IS", "Value": [int(next(counts))]}
+        return 200, [item, study("1.2.4")]  # 1.2.4: no count given
+
+    fake = Fake(script)
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    taken: list[tuple[str, str]] = []
+    try:
+        poller = DicomwebPoller(
+            DicomwebServer(fake.url), store, tmp_path, th.Event(), every=1.0, settle=0.0
+        )
+
+        def queue(client, uid, size):  # what _queue leaves behind: a job keyed by the study
+            taken.append((uid, size))
+            store.add(new_id(), 1, origin="dicomweb", study_key=poll_key(uid))
+            return 1
+
+        poller._queue = queue
+        assert poller.poll() == 0  # first seen: 6 instances, and one without a count
+        assert poller.poll() == 1 and taken == [("1.2.4", "")]  # 1.2.3 grew to 12
+        assert poller.poll() == 1 and taken[-1] == ("1.2.3", "12")  # 12 twice: settled
+        empty = Store(f"sqlite:///{tmp_path / 'other.sqlite'}")
+        waiting = DicomwebPoller(
+            DicomwebServer(fake.url), empty, tmp_path, th.Event(), every=1.0, settle=3600.0
+        )
+        waiting._queue = lambda client, uid, size: pytest.fail("taken before it settled")
+        old = waiting.since = poller.since - dt.timedelta(days=30)
+        assert waiting.poll() == 0 and waiting.since == old  # its window stays
+    finally:
+        fake.stop()

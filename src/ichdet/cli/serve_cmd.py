@@ -65,6 +65,10 @@ DicomwebUrl = Annotated[
     ),
 ]
 Poll = Annotated[float, typer.Option(help="with --dicomweb: seconds between QIDO-RS polls")]
+Settle = Annotated[
+    float,
+    typer.Option(help="with --dicomweb: a study is read once its size is unchanged this long"),
+]
 DicomwebToken = Annotated[
     Path | None,
     typer.Option(help="with --dicomweb: bearer token file (else $ICHDET_DICOMWEB_TOKEN)"),
@@ -102,6 +106,7 @@ def serve(
     segmenter: SegmenterPath = None,
     dicomweb: DicomwebUrl = None,
     poll: Poll = 60.0,
+    settle: Settle = 60.0,
     dicomweb_token_file: DicomwebToken = None,
 ) -> None:
     """Serve MODEL: upload, triage and review head CT studies (API under /api/v1, page at /)."""
@@ -127,7 +132,7 @@ def serve(
         allowed_hosts=tuple(allowed_host),
         http_host=host,
         http_port=port,
-        **_dicomweb(dicomweb, dicomweb_token_file, poll),
+        **_dicomweb(dicomweb, dicomweb_token_file, poll, settle),
     )
     _run(_runner(model, store, site, segmenter), settings, max_connections)
 
@@ -146,16 +151,19 @@ def _run(runner: Any, settings: Any, max_connections: int) -> None:
     run(app, settings.http_host, settings.http_port, max_connections)
 
 
-def _dicomweb(url: str | None, token_file: Path | None, poll: float) -> dict[str, Any]:
-    """The Settings of ``serve --dicomweb URL --poll S`` (none without a URL)."""
+def _dicomweb(
+    url: str | None, token_file: Path | None, poll: float, settle: float
+) -> dict[str, Any]:
+    """The Settings of ``serve --dicomweb URL --poll S --settle S`` (none without a URL)."""
     if url is None:
         return {}
     from ichdet.dicomweb.client import parse_server
 
-    if poll <= 0:
-        fail("--poll takes a number of seconds above 0")
+    if poll <= 0 or settle < 0:
+        fail("--poll takes a number of seconds above 0, --settle 0 or more")
     try:
-        return {"dicomweb": parse_server(url, token_file), "poll_seconds": poll}
+        server = parse_server(url, token_file)
+        return {"dicomweb": server, "poll_seconds": poll, "settle_seconds": settle}
     except ValueError as exc:
         fail(str(exc))
 

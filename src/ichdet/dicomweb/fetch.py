@@ -24,6 +24,7 @@ from ichdet.selection.choose import SelectionOptions, plan_reads
 from ichdet.util.names import path_component
 
 STUDY_UID, SERIES_UID, INSTANCE_UID = "0020000D", "0020000E", "00080018"
+INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
 #: QIDO-RS keys a --query may use (attribute keywords of the study level)
 QUERY_KEYS = (
     "StudyDate",
@@ -57,21 +58,33 @@ MAX_PAGES = 200
 
 
 def _uids(search: Callable[..., list[dict]], tag: str, **filters: Any) -> list[str]:
-    """Every UID (``tag``) a QIDO-RS search finds, page by page; stops at a short page, at a
-    page with nothing new, or after ``MAX_PAGES``."""
-    found: dict[str, None] = {}
+    """Every UID (``tag``) a QIDO-RS search finds (see :func:`_items`)."""
+    return list(_items(search, tag, **filters))
+
+
+def _items(search: Callable[..., list[dict]], tag: str, **filters: Any) -> dict[str, dict]:
+    """Every item a QIDO-RS search finds, by its UID (``tag``), page by page; stops at a short
+    page, at a page with nothing new, or after ``MAX_PAGES``."""
+    found: dict[str, dict] = {}
     for page in range(MAX_PAGES):
         items = search(limit=PAGE, offset=page * PAGE, **filters)
-        new = [u for item in items if (u := _value(item, tag)) and u not in found]
-        found.update(dict.fromkeys(new))
+        new = {u: item for item in items if (u := _value(item, tag)) and u not in found}
+        found.update(new)
         if len(items) < PAGE or not new:
             break
-    return list(found)
+    return found
 
 
 def find_studies(client: Any, query: dict[str, str] | None) -> list[str]:
     """StudyInstanceUIDs of the studies matching ``query`` (QIDO-RS, every page)."""
     return _uids(client.search_for_studies, STUDY_UID, search_filters=query or {})
+
+
+def study_sizes(client: Any, query: dict[str, str] | None) -> dict[str, str]:
+    """The studies matching ``query``, each with its NumberOfStudyRelatedInstances as the
+    server gives it ("" when it does not): a study still arriving is seen growing."""
+    found = _items(client.search_for_studies, STUDY_UID, search_filters=query or {})
+    return {uid: _value(item, INSTANCES)[:20] for uid, item in found.items()}
 
 
 def _as_part10(item: dict) -> bytes:

@@ -56,6 +56,7 @@ class Settings:
     http_port: int = 8000
     dicomweb: DicomwebServer | None = None  # a DICOMweb server watched for new studies
     poll_seconds: float = 60.0
+    settle_seconds: float = 60.0  # a DICOMweb study is read once its size is this long unchanged
 
     @property
     def owner(self) -> str:
@@ -139,6 +140,7 @@ class Context:
             self.settings.selection,
             self.runner.slice_spacing,
             self.queue_room,
+            settle=self.settings.settle_seconds,
         )
 
     def down(self) -> dict[str, str]:
