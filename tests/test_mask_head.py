@@ -19,8 +19,9 @@ from ichdet.labels import LABELS
 from ichdet.models.checkpoint import load_checkpoint
 from ichdet.models.slice_cnn import ModelConfig, build_model
 from ichdet.synth.studies import synthesize
-from ichdet.training.config import TrainConfig
+from ichdet.training.config import SequenceTrainConfig, TrainConfig
 from ichdet.training.distributed import make_runtime, seed_everything
+from ichdet.training.sequence_task import fit_sequence
 from ichdet.training.slice_task import SliceTask, fit, mask_bce, weighted_bce
 
 TINY = dict(model="test_efficientnet", size=64, batch_size=8, workers=0, lr=3e-3, epochs=1)
@@ -57,6 +58,24 @@ def test_mask_head_shares_one_pass_and_leaves_forward_alone():
     assert plain.mask_head is None
     with pytest.raises(ValueError, match="no mask head"):
         plain(x, masks=True)
+
+
+@pytest.mark.parametrize("stride", [32, 16])
+def test_the_embedding_ends_with_each_subtypes_peak_cell(stride):
+    """The series stage reads the pooled features and, with a mask head, the largest cell
+    logit per subtype (a small bleed that average pooling dilutes)."""
+    torch.manual_seed(0)
+    config = ModelConfig(name="test_efficientnet", mask_outputs=5, mask_stride=stride)
+    model = build_model(config).eval()
+    plain = build_model(ModelConfig(name="test_efficientnet")).eval()
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        features, logits = model.embed(x)
+        expected_logits, masks = model(x, masks=True)
+    assert features.shape == (3, model.num_features) == (3, plain.num_features + 5)
+    assert torch.allclose(logits, expected_logits, atol=1e-6)
+    assert torch.allclose(features[:, -5:], masks.amax(dim=(2, 3)), atol=1e-6)
+    assert plain.embed(x)[0].shape == (3, plain.num_features)
 
 
 @pytest.mark.parametrize("stride", [16, 8])
@@ -115,18 +134,34 @@ def test_training_with_masks_trains_the_head_and_predicts_as_usual(prepared, tmp
     assert ckpt["model_config"]["mask_outputs"] == 5
     trained = ckpt["model"]["mask_head.weight"]
     assert trained.shape == initial.shape and not torch.allclose(trained, initial)
-    # the checkpoint predicts through the usual runner (the head is loaded, never used)
+    # a series stage over its embeddings (pooled features + each subtype's peak cell logit)
+    seq = SequenceTrainConfig(
+        index=cfg.index,
+        cache=cfg.cache,
+        cnn=cfg.out,
+        out=str(tmp_path / "run" / "sequence"),
+        epochs=1,
+        batch_size=2,
+        hidden=16,
+        embed_tta=True,
+    )
+    fit_sequence(seq, log=lambda _: None)
+    width = load_checkpoint(tmp_path / "run" / "sequence" / "best.pt")["model_config"]
+    assert width["in_features"] == build_model(ModelConfig(**ckpt["model_config"])).num_features
+    # the checkpoint predicts through the usual runner, both stages
     test = prepared / "data" / "stage_2_test"
-    torch_result = predict(load_runner([tmp_path / "run"]), test, tmp_path / "torch")
+    torch_runner = load_runner([tmp_path / "run"])
+    assert torch_runner.series is not None
+    torch_result = predict(torch_runner, test, tmp_path / "torch")
     assert len(torch_result.slices) > 0
-    # ... and exports to ONNX without it, giving the same probabilities
+    # ... and exports to ONNX (the CNN, the embeddings, the series stage): the same results
     onnx = export_onnx([tmp_path / "run"], tmp_path / "model.onnx")
     onnx_result = predict(load_runner([onnx]), test, tmp_path / "onnx")
-    columns = ["image_id", *LABELS]
+    columns = ["image_id", *LABELS, *(f"cnn_{n}" for n in LABELS)]
     a = torch_result.slices[columns].sort_values("image_id").reset_index(drop=True)
     b = onnx_result.slices[columns].sort_values("image_id").reset_index(drop=True)
     assert a["image_id"].tolist() == b["image_id"].tolist()
-    assert np.allclose(a[list(LABELS)], b[list(LABELS)], atol=1e-4)
+    assert np.allclose(a[columns[1:]], b[columns[1:]], atol=1e-4)
 
 
 def test_a_mask_loss_without_masks_is_refused(prepared):

@@ -21,8 +21,8 @@ from ichdet.models.checkpoint import load_checkpoint
 from ichdet.synth.studies import synthesize
 from ichdet.training.config import SequenceTrainConfig, TrainConfig
 from ichdet.training.cv import fit_all
-from ichdet.training.embed import Embeddings
-from ichdet.training.sequence_task import fit_sequence
+from ichdet.training.embed import EMBED_FORMAT, Embeddings
+from ichdet.training.sequence_task import _reusable, fit_sequence
 from ichdet.training.slice_task import fit
 
 runner = CliRunner()
@@ -85,6 +85,19 @@ def test_one_fold_writes_slice_and_study_outputs(cnn_run, tmp_path):
     assert ckpt["training_data"]["synthetic_only"] is True
     emb = Embeddings.load(cnn_run / "cnn" / "fold_0" / "embeddings.npz")
     assert emb.features.dtype == np.float16 and set(valid["image_id"]) <= set(emb.ids)
+
+
+def test_embeddings_of_another_format_are_made_again(cnn_run, tmp_path):
+    """A file from before the mask-head peaks (format 1) is never read as today's."""
+    fold = cnn_run / "cnn" / "fold_0"
+    emb = Embeddings.load(fold / "embeddings.npz")
+    wanted = set(emb.ids.tolist())
+    assert emb.meta["format"] == EMBED_FORMAT == 2
+    emb.save(tmp_path / "same.npz")
+    assert _reusable(tmp_path / "same.npz", fold / "best.pt", wanted) is not None
+    emb.meta["format"] = 1
+    emb.save(tmp_path / "old.npz")
+    assert _reusable(tmp_path / "old.npz", fold / "best.pt", wanted) is None
 
 
 def test_the_sequence_model_of_a_fold_needs_that_folds_cnn(cnn_run, tmp_path):

@@ -93,24 +93,40 @@ class ICHNet(nn.Module):
             return self.backbone(x)
         if self.mask_head is None:
             raise ValueError("this model has no mask head (mask_outputs = 0)")
+        features, mask_logits = self._with_masks(x)
+        return self.backbone.forward_head(features), mask_logits  # type: ignore[operator]
+
+    def _with_masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the last feature map, the mask head's logits) of normalised images."""
         b: Any = self.backbone
+        assert self.mask_head is not None
         if self.mask_stage is None:
             features = b.forward_features(x)
-            return b.forward_head(features), self.mask_head(features)
+            return features, self.mask_head(features)
         features, stages = b.forward_intermediates(x, indices=[self.mask_stage])
-        return b.forward_head(features), self.mask_head(stages[0])
+        return features, self.mask_head(stages[0])
 
     @property
     def num_features(self) -> int:
-        """The size of the pooled features (the embedding the series stage reads)."""
-        return int(getattr(self.backbone, "num_features"))  # noqa: B009 - timm's attribute
+        """The size of the embedding the series stage reads: the pooled features, and with a
+        mask head its largest logit per subtype."""
+        pooled = int(getattr(self.backbone, "num_features"))  # noqa: B009 - timm's attribute
+        return pooled + (self.mask_head.out_channels if self.mask_head is not None else 0)
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pooled features N x num_features, logits N x 6): the logits are the head applied to
-        those features, the same as ``forward`` gives in eval mode."""
+        """(embedding N x num_features, logits N x 6): the logits are the head applied to the
+        pooled features, the same as ``forward`` gives in eval mode. With a mask head the
+        embedding ends with each subtype's largest cell logit: where a small bleed shows,
+        which average pooling dilutes."""
         b: Any = self.backbone
-        pooled = b.forward_head(b.forward_features((x - self.mean) / self.std), pre_logits=True)
-        return pooled, b.get_classifier()(pooled)
+        x = (x - self.mean) / self.std
+        if self.mask_head is None:
+            pooled = b.forward_head(b.forward_features(x), pre_logits=True)
+            return pooled, b.get_classifier()(pooled)
+        features, mask_logits = self._with_masks(x)
+        pooled = b.forward_head(features, pre_logits=True)
+        peaks = mask_logits.amax(dim=(2, 3))
+        return torch.cat([pooled, peaks], 1), b.get_classifier()(pooled)
 
 
 def _stage_of_stride(backbone: nn.Module, stride: int) -> tuple[int, int]:

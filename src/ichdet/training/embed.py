@@ -1,4 +1,5 @@
-"""Slice embeddings: a trained slice CNN's pooled features and logits for indexed images.
+"""Slice embeddings: a trained slice CNN's pooled features (and, with a mask head, each
+subtype's largest cell logit: ``ICHNet.embed``) and logits for indexed images.
 
 The series stage trains on these. They are read from the prepared cache (the CNN's own inputs),
 optionally averaged with the mirror image (flip TTA), and stored in one ``.npz`` (no pickles):
@@ -28,6 +29,10 @@ from ichdet.models.registry import model_from_checkpoint
 from ichdet.util.atomic import atomic_path
 from ichdet.util.digest import file_digest
 from ichdet.util.progress import progress_bar
+
+#: what a row of ``features`` holds: 1, the pooled features; 2, then each subtype's largest
+#: mask-head logit when the CNN has a mask head (a file of another format is made again)
+EMBED_FORMAT = 2
 
 
 @dataclass
@@ -102,6 +107,7 @@ def embed_frame(
         logits=np.concatenate(logits) if logits else np.zeros((0, len(LABELS)), np.float32),
         meta={
             "cnn": file_digest(checkpoint),
+            "format": EMBED_FORMAT,
             "tta": tta,
             "images": n,
             "seconds": seconds,

@@ -34,7 +34,7 @@ from ichdet.models.checkpoint import find_checkpoints, load_checkpoint
 from ichdet.models.sequence import KIND, SequenceConfig, SeriesModel
 from ichdet.training.config import SequenceTrainConfig
 from ichdet.training.distributed import Runtime, setup_distributed
-from ichdet.training.embed import Embeddings, embed_frame
+from ichdet.training.embed import EMBED_FORMAT, Embeddings, embed_frame
 from ichdet.training.loop import OnStep, train
 from ichdet.training.series_data import SeriesSet, build_series, collate_series
 from ichdet.training.slice_task import resolve_cache, training_data, weighted_bce
@@ -108,6 +108,7 @@ def _reusable(path: Path, checkpoint: Path, wanted: set[str]) -> Embeddings | No
         return None
     found = Embeddings.load(path)
     same = found.meta.get("cnn") == file_digest(checkpoint)
+    same = same and found.meta.get("format", 1) == EMBED_FORMAT
     covered = set(found.ids.tolist()) | set(found.meta.get("missing", []))
     return found if same and wanted <= covered else None
 
