@@ -85,7 +85,9 @@ class DicomwebPoller:
         client = self.server.client()
         query = {**self.query, "StudyDate": f"{self.since:%Y%m%d}-"}
         found = study_sizes(client, query)
+        # what fell out of the window is never asked for again: forget it (bounded memory)
         self.sizes = {uid: seen for uid, seen in self.sizes.items() if uid in found}
+        self.unreadable = {uid: n for uid, n in self.unreadable.items() if uid in found}
         queued, waiting = 0, False
         for uid, size in found.items():
             if self.stopping.is_set() or self.room() <= 0:
