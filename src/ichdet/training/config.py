@@ -129,8 +129,7 @@ class TrainConfig(FoldConfig):
     mask_loss: float = _opt(
         0.0,
         "weight of a loss on where each subtype lies (a mask head over a feature map, see "
-        "--mask-stride; "
-        "needs the index's masks, `ichdet index --masks`; 0: off)",
+        "--mask-stride; needs the index's masks, `ichdet index --masks`; 0: off)",
     )
     mask_stride: int = _opt(32, "the mask head's feature map: 32 (the last), 16 or 8 (finer)")
 
