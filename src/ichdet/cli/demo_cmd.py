@@ -12,7 +12,7 @@ from ichdet.cli.common import console
 def demo(
     out: Path = typer.Option(Path("demo-run"), "--out", "-o", help="working folder"),
     studies: int = typer.Option(260, help="synthetic studies"),
-    epochs: int = typer.Option(6),
+    epochs: int = typer.Option(7),
     workers: int = typer.Option(2, help="parallel processes for synth/index/prepare"),
     segment: bool = typer.Option(
         False, "--segment", help="also train the segmenter and measure volumes (~8 min more)"
