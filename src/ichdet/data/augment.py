@@ -4,8 +4,8 @@ Geometric: a horizontal flip (p 0.5) and a small affine (p 0.7: rotation up to 1
 up to 5 % of the side, scale 0.9-1.1), per sample, composed into one matrix per sample and applied
 by one ``grid_sample`` over the batch (bilinear, zeros outside). Images and their masks share that
 grid. A flip alone lands on pixel centres exactly, so it is lossless. Torch's ``affine_grid`` and
-``grid_sample`` do the work that kornia's ``AugmentationSequential`` did before, at about half the
-cost on a CPU batch (benchmarks/RESULTS.md), with the same ranges.
+``grid_sample`` do the work that kornia's ``AugmentationSequential`` did before, with the same
+ranges, at a third of its cost or less on a CPU batch (benchmarks/bench_train_step.py).
 
 Intensity: random window jitter, per sample and per window, the same for every neighbouring slice
 of that window: ``x' = clip((x - 0.5) * s + 0.5 + t, 0, 1)``, which on a clipped window image
