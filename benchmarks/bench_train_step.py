@@ -24,7 +24,7 @@ import torch
 from _common import machine
 from torch.utils.data import DataLoader
 
-from ichdet.data.augment import RandomTrainAugment
+from ichdet.data.augment import random_affine_matrices, warp
 from ichdet.demo import DemoConfig, make_data, train_config
 from ichdet.training.distributed import make_runtime
 from ichdet.training.slice_task import SliceTask
@@ -53,10 +53,14 @@ def ms_per_call(fn: Any, calls: int) -> float:
 
 
 def augment_rates(batch: torch.Tensor, rounds: int) -> dict[str, float]:
-    ours, theirs = RandomTrainAugment(windows=3), kornia_augment()
+    theirs = kornia_augment()
+
+    def ours() -> None:
+        warp(batch, random_affine_matrices(len(batch)))
+
     times: dict[str, list[float]] = {"ichdet": [], "kornia": []}
     for _ in range(rounds):
-        times["ichdet"].append(ms_per_call(lambda: ours._geometric(batch), 20))
+        times["ichdet"].append(ms_per_call(ours, 20))
         if theirs is not None:
             times["kornia"].append(ms_per_call(lambda: theirs(batch), 20))
     return {k: min(v) for k, v in times.items() if v}

@@ -55,7 +55,7 @@ class DemoConfig:
     seed: int = 0
     workers: int = 2  # synth, index, prepare and predict
     # training reads the cache in its own process: on 2 cores a loader worker only competes with
-    # torch's threads (0 workers: ~1.1x the images/s of 1; the same batches, the same results)
+    # torch's threads (0 workers: 1.1-1.2x the images/s of 1; the same batches, the same results)
     train_workers: int = 0
     sequence_epochs: int = 30
     sequence_lr: float = 3e-3
